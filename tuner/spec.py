@@ -1,0 +1,352 @@
+"""The experiment spec: YAML in, typed and validated objects out, once, at the edge.
+
+A spec file names the experiment, the dataset, the fixed evaluation noise, the budget, the
+resources per trial, the ``fixed`` hyperparameters and the ``search``ed distributions. Every
+hyperparameter is a field of :class:`TrialConfig`; the YAML key, the dataclass field, the Ray
+Tune config key and the CLI flag are the same word.
+
+Any mistake becomes a :class:`SpecError` whose message is one line naming the file, the key
+and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from tuner.data import KNOWN_SHAPES, DatasetName
+from tuner.model import check_model
+from tuner.noise import Noise, NoiseKind
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+_STRICT = ConfigDict(extra="forbid", strict=False)
+
+
+@pydantic_dataclass(config=_STRICT, frozen=True)
+class TrialConfig:
+    """Everything one trial needs: the hyperparameters the search turns, and their defaults."""
+
+    # --- model (tuner.model) ---
+    arch: Literal["conv", "dense"] = "conv"  # conv: convolutional AE (seeds 000/001/004); dense: seed 003
+    depth: Annotated[int, Field(ge=1, le=6)] = 2  # conv: down/up stages; dense: layers to the code
+    width: Annotated[int, Field(ge=1, le=512)] = 32  # conv: channels of the first stage, doubled per stage
+    latent_dim: Annotated[int, Field(ge=1, le=65536)] = 32  # bottleneck channels, or code length if dense
+    bottleneck: Literal["conv", "dense"] = "conv"  # conv arch: channel bottleneck, or dense vector (seed 001)
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0  # decoder dropout
+    batch_norm: bool = True  # batch norm after each conv (seed 004)
+    skip: bool = False  # U-Net skip connections (conv arch)
+    # --- training noise (tuner.noise); evaluation noise is fixed by the experiment ---
+    noise_kind: NoiseKind = "gaussian"  # gaussian | impulse | mask
+    noise_level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5  # std, or pixel fraction
+    noise_level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None  # band top
+    # --- optimisation (tuner.train) ---
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adadelta"] = "adam"
+    lr: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 1e-3  # learning rate
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.9  # sgd and rmsprop only
+    nesterov: bool = False  # sgd only
+    plateau_patience: Annotated[int, Field(ge=0, le=1000)] = 0  # >0: ReduceLROnPlateau x0.2 (seed 001)
+    loss: Literal["mse", "bce", "l1"] = "mse"  # training loss; selection is always val_psnr
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
+    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t)
+    seed: int = 0  # weights, batch order and training noise
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+    @property
+    def train_noise(self) -> Noise:
+        return Noise(self.noise_kind, self.noise_level, self.noise_level_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+HYPERPARAMETERS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
+# Set by the experiment, not by fixed/search: one seed and one epoch budget per search.
+_FROM_EXPERIMENT = ("max_epochs", "seed")
+
+
+class SpecError(Exception):
+    """A bad spec; the message is one line naming the file, the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}")
+        return data
+
+
+class DatasetSpec(_Section):
+    name: DatasetName = "mnist5k"  # which images
+    data_dir: str = "./data"  # torchvision datasets are read from / downloaded to here
+    path: Optional[str] = None  # folder of PNG/JPEG images (name: folder)
+    patch_size: Annotated[int, Field(ge=4, le=1024)] = 32  # folder images are cut into these squares
+    channels: Optional[Literal[1, 3]] = None  # folder: force grayscale (1) or RGB (3)
+    val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    split_seed: int = 0  # shuffle before splitting
+    limit: Optional[Annotated[int, Field(ge=8)]] = None  # keep at most this many images per split
+
+
+class NoiseSpec(_Section):
+    kind: NoiseKind = "gaussian"
+    level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5
+    level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None
+    seed: int = 1234  # the evaluation corruption is drawn once from this seed
+
+    def noise(self) -> Noise:
+        return Noise(self.kind, self.level, self.level_max)
+
+
+class BudgetSpec(_Section):
+    num_samples: Annotated[int, Field(ge=1, le=100000)] = 8  # trials
+    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # per trial (ASHA max_t)
+    grace_period: Annotated[int, Field(ge=1)] = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: Annotated[float, Field(gt=1.0, le=100.0)] = 3.0  # ASHA: keep 1/rf at each rung
+    max_concurrent: Annotated[int, Field(ge=1, le=10000)] = 2  # trials running at once
+    keep_checkpoints: Annotated[int, Field(ge=1, le=100)] = 2  # best checkpoints kept per trial
+    max_failures: Annotated[int, Field(ge=-1, le=100)] = 2  # retries of a crashed trial (-1: forever)
+
+    @model_validator(mode="after")
+    def _grace(self) -> "BudgetSpec":
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period {self.grace_period} > max_epochs {self.max_epochs}")
+        return self
+
+
+class ResourcesSpec(_Section):
+    cpus_per_trial: Annotated[float, Field(gt=0.0, le=1024)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0.0, le=64)] = 0.0  # fractions pack trials on a GPU
+
+
+StrictInt = Annotated[int, Field(strict=True)]  # a YAML 1.5 is not an integer bound
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
+
+
+class Distribution(_Section):
+    """Exactly one of: ``{choice: [..]}``, ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+    ``{int: [lo, hi]}`` or ``{logint: [lo, hi]}`` (integer bounds inclusive)."""
+
+    choice: Optional[list[Any]] = None
+    uniform: Optional[tuple[float, float]] = None
+    loguniform: Optional[tuple[float, float]] = None
+    int: Optional[tuple[StrictInt, StrictInt]] = None
+    logint: Optional[tuple[StrictInt, StrictInt]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or len(data) != 1:
+            raise ValueError(f"must be one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}")
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Distribution":
+        kind, value = self.kind, self.value
+        if kind == "choice":
+            if not value:
+                raise ValueError("choice needs at least one value")
+            return self
+        lo, hi = value
+        if not all(math.isfinite(v) for v in (lo, hi)):
+            raise ValueError(f"{kind} bounds must be finite numbers")
+        if lo > hi:
+            raise ValueError(f"{kind}: low {lo} > high {hi} (need low <= high)")
+        if kind.startswith("log") and lo <= 0:
+            raise ValueError(f"{kind}: low {lo} must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.kind)
+
+    def extremes(self) -> list[Any]:
+        """Values that bound what this distribution can produce (for validation)."""
+        return list(self.value) if self.kind == "choice" else [self.value[0], self.value[1]]
+
+    def to_tune(self):
+        """The Ray Tune search-space domain."""
+        from ray import tune
+
+        k, v = self.kind, self.value
+        if k == "choice":
+            return tune.choice(list(v))
+        if k == "uniform":
+            return tune.uniform(*v)
+        if k == "loguniform":
+            return tune.loguniform(*v)
+        if k == "int":
+            return tune.randint(v[0], v[1] + 1)  # Tune's upper bound is exclusive
+        return tune.lograndint(v[0], v[1] + 1)
+
+
+class ExperimentSpec(_Section):
+    """A whole search, as written in a ``search_spaces/*.yaml`` file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] = "search"  # run folder name
+    seed: int = 0  # the searcher's seed and every trial's seed
+    dataset: DatasetSpec = DatasetSpec()
+    eval_noise: NoiseSpec = NoiseSpec()  # every trial is scored on val/test images corrupted by this
+    budget: BudgetSpec = BudgetSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    fixed: dict[str, Any] = {}  # hyperparameters held constant (TrialConfig fields)
+    search: dict[str, Distribution] = {}  # hyperparameters searched
+
+    @property
+    def image_shape(self) -> Optional[tuple[int, int, int]]:
+        """(C, H, W) when known without reading data, else None."""
+        if self.dataset.name in KNOWN_SHAPES:
+            return KNOWN_SHAPES[self.dataset.name]
+        if self.dataset.name == "folder":
+            return (self.dataset.channels or 0, self.dataset.patch_size, self.dataset.patch_size)
+        return None
+
+    def base_config(self) -> dict[str, Any]:
+        """The fixed part of every trial's config: defaults < experiment < fixed."""
+        base = {"noise_kind": self.eval_noise.kind, "max_epochs": self.budget.max_epochs, "seed": self.seed}
+        base.update(self.fixed)
+        return base
+
+    def param_space(self) -> dict[str, Any]:
+        """The Ray Tune ``param_space``: constants for fixed keys, domains for searched ones."""
+        space: dict[str, Any] = self.base_config()
+        space.update({k: d.to_tune() for k, d in self.search.items()})
+        return space
+
+    def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
+        """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
+        ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``); None means keep."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section = next((s for s in ("budget", "resources") if key in data[s]), None)
+            if section:
+                data[section][key] = value
+            else:
+                data[key] = value
+        return _validate(data, "<command line>")
+
+
+def _check_hyperparameters(spec: ExperimentSpec) -> None:
+    """Every fixed/searched key is a TrialConfig field, and every value it can take is valid."""
+    for section, keys in (("fixed", spec.fixed), ("search", spec.search)):
+        for key in keys:
+            if key in _FROM_EXPERIMENT:
+                where = "budget.max_epochs" if key == "max_epochs" else "seed (top level)"
+                raise ValueError(f"{section}.{key}: set by the experiment's {where}, not here")
+            if key not in HYPERPARAMETERS:
+                allowed = ", ".join(h for h in HYPERPARAMETERS if h not in _FROM_EXPERIMENT)
+                raise ValueError(f"{section}.{key}: unknown hyperparameter; allowed: {allowed}")
+    both = set(spec.fixed) & set(spec.search)
+    if both:
+        raise ValueError(f"search.{sorted(both)[0]}: also in fixed; a hyperparameter is either fixed or searched")
+    base = spec.base_config()
+    _trial(base, "fixed")
+    # Try each searched extreme on top of the fixed config; the most demanding depth is checked
+    # against the image size below.
+    for key, dist in spec.search.items():
+        for v in dist.extremes():
+            _trial({**base, key: v}, f"search.{key}")
+    shape = spec.image_shape
+    if shape and shape[0] in (0, 1, 3):
+        c = shape[0] or 1
+        arches = spec.search["arch"].extremes() if "arch" in spec.search else [base.get("arch", "conv")]
+        depths = spec.search["depth"].extremes() if "depth" in spec.search else [base.get("depth", 2)]
+        where = "search.depth" if "depth" in spec.search else "fixed.depth"
+        for arch in arches:
+            cfg = TrialConfig(**{**base, "arch": arch, "depth": max(depths)})
+            try:
+                check_model(cfg, c, shape[1], shape[2])
+            except ValueError as e:
+                raise ValueError(f"{where}: {e} (dataset {spec.dataset.name})") from None
+
+
+def _trial(config: dict[str, Any], where: str) -> TrialConfig:
+    try:
+        return TrialConfig(**config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) if err["loc"] else ""
+        loc = where if where.startswith("search.") or not key else f"{where}.{key}"
+        raise ValueError(f"{loc}: {_message(err)}") from None
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("value_error", "assertion_error", "missing") and "input" in err:
+        inp = err["input"]
+        shown = repr(inp) if not isinstance(inp, (dict, list)) else type(inp).__name__
+        msg = f"{msg} (got {shown[:60]})"
+    return msg
+
+
+def _validate(data: Any, source: str) -> ExperimentSpec:
+    if data is None:
+        raise SpecError(f"{source}: empty spec; expected a mapping with keys: "
+                        f"{', '.join(ExperimentSpec.model_fields)}")
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping of keys "
+                        f"({', '.join(ExperimentSpec.model_fields)}), not {type(data).__name__}")
+    try:
+        spec = ExperimentSpec.model_validate(data)
+        _check_hyperparameters(spec)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        raise SpecError(f"{source}: {loc + ': ' if loc else ''}{_message(err)}") from None
+    except ValueError as e:
+        raise SpecError(f"{source}: {e}") from None
+    return spec
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a spec file.
+
+    Args:
+        path: a YAML file.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: one line naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise SpecError(f"{path}: not a readable UTF-8 text file ({type(e).__name__})") from None
+    try:
+        data = yaml.safe_load(text)  # safe_load: YAML tags cannot construct Python objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
+    return _validate(data, str(path))

@@ -1,0 +1,295 @@
+"""Training: ``fit`` trains one configuration noisy -> clean and yields metrics every epoch.
+
+Plain PyTorch; nothing here knows about Ray. The search adapter (``tuner.search``), the
+benchmarks and notebooks all call the same :func:`fit`.
+
+Fair comparison: every trial is scored on the same validation images corrupted once with the
+experiment's fixed evaluation noise (:func:`tuner.noise.fixed_corruption`), on ``val_psnr``,
+whatever loss or training noise it uses.
+
+Speed: the images stay one ``uint8`` tensor (on the GPU when there is one); a batch is an
+indexed slice converted to float and corrupted in bulk, with no per-sample DataLoader.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from tuner.data import Splits
+from tuner.model import DenoisingAutoencoder, build_model
+from tuner.noise import Noise, corrupt, fixed_corruption
+from tuner.spec import TrialConfig
+
+log = logging.getLogger(__name__)
+
+# The metric contract: one name, one direction, used by reporting, Tune, ASHA and checkpoints.
+METRIC = "val_psnr"
+MODE = "max"
+DIVERGED_PSNR = 0.0  # the worst possible PSNR on [0, 1] images (MSE = 1): a diverged trial's score
+TEST_SEED_OFFSET = 1  # the test split's fixed noise uses eval seed + 1: same noise model, other draws
+
+
+def as_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, C, H, W) uint8 -> float32 in [0, 1] on ``device``."""
+    t = _tensor(images)
+    return t.to(device).float().div_(255.0)
+
+
+def _tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images
+    with warnings.catch_warnings():  # arrays from Ray's object store are read-only; we never write
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(images)
+
+
+@dataclass
+class EvalSet:
+    """Clean images and their fixed corruption: what every trial is scored on."""
+
+    clean: torch.Tensor  # (N, C, H, W) float in [0, 1]
+    noisy: torch.Tensor  # (N, C, H, W) float in [0, 1]
+
+    @classmethod
+    def make(cls, images: np.ndarray | torch.Tensor, noise: Noise, seed: int,
+             device: torch.device | str = "cpu") -> "EvalSet":
+        clean = as_float(images, "cpu")
+        return cls(clean.to(device), fixed_corruption(clean, noise, seed).to(device))
+
+
+def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) x2 in [0, 1] -> (N,) PSNR in dB (peak 1.0), capped at 100 dB for exact matches."""
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean SSIM (torchmetrics), with the Gaussian window shrunk to fit small images (8x8 digits)."""
+    side = min(pred.shape[-2:])
+    kernel = min(11, side if side % 2 else side - 1)
+    sigma = 1.5 * kernel / 11
+    return float(structural_similarity_index_measure(
+        pred.float(), target.float(), data_range=1.0, kernel_size=kernel, sigma=sigma))
+
+
+@torch.no_grad()
+def evaluate(model: DenoisingAutoencoder, data: EvalSet, batch_size: int = 512) -> dict[str, Any]:
+    """Score a model on fixed noisy inputs.
+
+    Returns:
+        ``psnr`` (mean per-image PSNR, dB), ``mse``, ``ssim`` and ``psnr_per_image`` (N,) numpy.
+    """
+    was_training = model.training
+    model.eval()
+    outs = [model.denoise(data.noisy[i:i + batch_size]) for i in range(0, len(data.noisy), batch_size)]
+    model.train(was_training)
+    out = torch.cat(outs)  # (N, C, H, W)
+    per_image = psnr_per_image(out, data.clean)
+    return {
+        "psnr": float(per_image.mean()),
+        "mse": float((out - data.clean).pow(2).mean()),
+        "ssim": ssim(out, data.clean),
+        "psnr_per_image": per_image.cpu().numpy(),
+    }
+
+
+def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` with its learning rate and weight decay."""
+    wd = config.weight_decay
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd)
+    if config.optimizer == "sgd":
+        nesterov = config.nesterov and config.momentum > 0  # torch rejects Nesterov without momentum
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov, weight_decay=wd)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=wd)
+    return torch.optim.Adadelta(params, lr=config.lr, weight_decay=wd)  # seed 003
+
+
+def loss_fn(logits: torch.Tensor, clean: torch.Tensor, loss: str) -> torch.Tensor:
+    """Training loss between the model's logits and the clean images (noisy -> clean)."""
+    if loss == "bce":  # on logits: stable where sigmoid + BCE saturates
+        return F.binary_cross_entropy_with_logits(logits, clean)
+    out = torch.sigmoid(logits)
+    return F.mse_loss(out, clean) if loss == "mse" else F.l1_loss(out, clean)
+
+
+def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
+    """The given device, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """One configuration's model, optimizer and random state, trained an epoch at a time.
+
+    Args:
+        config: the trial's hyperparameters.
+        data: the dataset splits (uint8).
+        eval_noise: the experiment's fixed evaluation noise.
+        eval_seed: its seed; the validation corruption is drawn once from it.
+        device: where to train; default CUDA when available.
+        threads: CPU threads for PyTorch (the CPUs given to the trial).
+    """
+
+    def __init__(self, config: TrialConfig, data: Splits, eval_noise: Noise, eval_seed: int = 1234,
+                 device: Optional[str | torch.device] = None, threads: Optional[int] = None):
+        if threads:
+            torch.set_num_threads(max(1, int(threads)))
+        self.config = config
+        self.device = pick_device(device)
+        torch.manual_seed(config.seed)  # seeding happens here, once: weights, dropout
+        c, h, w = data.shape
+        self.model = build_model(config, c, h, w).to(self.device)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=0.2, patience=config.plateau_patience,
+            min_lr=config.lr * 1e-3) if config.plateau_patience > 0 else None)
+        self.train_images = _tensor(data.train).to(self.device)  # (N, C, H, W) uint8, shared, read-only
+        self.val = EvalSet.make(data.val, eval_noise, eval_seed, self.device)
+        self.order_gen = torch.Generator("cpu").manual_seed(config.seed)  # batch order
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)  # training noise
+        self.noise = config.train_noise
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        if config.precision == "auto" and self.device.type == "cuda":
+            amp = torch.bfloat16
+        self.amp_dtype = amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
+        self.epoch = 0
+        self.best_psnr = -math.inf
+
+    def train_epoch(self) -> dict[str, Any]:
+        """Train one epoch and evaluate on the validation split.
+
+        Returns:
+            ``epoch``, ``train_loss``, ``val_psnr``, ``val_mse``, ``val_ssim``, ``lr``,
+            ``epoch_seconds``, ``images_per_second`` and ``diverged`` (1 when the loss or the
+            outputs went non-finite; ``val_psnr`` is then :data:`DIVERGED_PSNR`).
+        """
+        start = time.perf_counter()
+        self.model.train()
+        n, bs = len(self.train_images), self.config.batch_size
+        order = torch.randperm(n, generator=self.order_gen).to(self.device)
+        total = torch.zeros((), device=self.device)
+        for i in range(0, n, bs):
+            clean = self.train_images[order[i:i + bs]].float().div_(255.0)  # (B, C, H, W)
+            noisy = corrupt(clean, self.noise, self.noise_gen)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                loss = loss_fn(self.model(noisy), clean, self.config.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.detach() * len(clean)
+        train_loss = float(total) / n  # one device sync per epoch
+        train_seconds = time.perf_counter() - start
+        self.epoch += 1
+        metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss}
+        scores = evaluate(self.model, self.val) if math.isfinite(train_loss) else None
+        if scores is None or not math.isfinite(scores["psnr"]):
+            metrics.update(val_psnr=DIVERGED_PSNR, val_mse=1.0, val_ssim=0.0, diverged=1)
+            log.warning("trial diverged at epoch %d (train_loss=%s)", self.epoch, train_loss)
+        else:
+            metrics.update(val_psnr=scores["psnr"], val_mse=scores["mse"], val_ssim=scores["ssim"], diverged=0)
+            if self.scheduler is not None:
+                self.scheduler.step(scores["psnr"])
+        self.best_psnr = max(self.best_psnr, metrics["val_psnr"])
+        metrics.update(
+            lr=self.optimizer.param_groups[0]["lr"],
+            epoch_seconds=time.perf_counter() - start,
+            images_per_second=n / train_seconds,
+        )
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this epoch ended (tensors and plain
+        values only, so it loads with ``torch.load(..., weights_only=True)``)."""
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "best_psnr": self.best_psnr,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "order_gen": self.order_gen.get_state(),
+            "noise_gen": self.noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.order_gen.set_state(state["order_gen"])
+        self.noise_gen.set_state(state["noise_gen"].to("cpu"))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+        self.best_psnr = float(state["best_psnr"])
+
+
+@dataclass
+class Epoch:
+    """One epoch's outcome, as :func:`fit` yields it."""
+
+    metrics: dict[str, Any]
+    trainer: Trainer = field(repr=False)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The state to save so a later :func:`fit` continues from here."""
+        return self.trainer.state_dict()
+
+
+def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,
+        checkpoint: Optional[dict[str, Any]] = None, device: Optional[str | torch.device] = None,
+        threads: Optional[int] = None) -> Iterator[Epoch]:
+    """Train one configuration noisy -> clean, yielding after every epoch.
+
+    Stops after ``config.max_epochs`` epochs, or right after an epoch that diverged.
+
+    Args:
+        config: the trial's hyperparameters.
+        data: dataset splits.
+        eval_noise: the fixed evaluation noise every trial is scored on.
+        eval_seed: its seed.
+        checkpoint: a :meth:`Epoch.checkpoint` to continue from.
+        device: where to train; default CUDA when available.
+        threads: CPU threads for PyTorch.
+
+    Yields:
+        :class:`Epoch` with the epoch's metrics (see :meth:`Trainer.train_epoch`).
+    """
+    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads)
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+    while trainer.epoch < config.max_epochs:
+        epoch = Epoch(trainer.train_epoch(), trainer)
+        yield epoch
+        if epoch.metrics["diverged"]:
+            return
+
+
+def noisy_baseline(data: Splits, eval_noise: Noise, eval_seed: int = 1234) -> float:
+    """PSNR of the noisy validation inputs themselves: the score of doing nothing."""
+    val = EvalSet.make(data.val, eval_noise, eval_seed)
+    return float(psnr_per_image(val.noisy, val.clean).mean())
