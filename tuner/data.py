@@ -195,7 +195,7 @@ def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
             if channels is None:
                 channels = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
             im = im.convert("L" if channels == 1 else "RGB")
-            a = np.asarray(im, dtype=np.uint8)
+            a = np.array(im, dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except Image.DecompressionBombError:

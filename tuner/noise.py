@@ -42,8 +42,9 @@ class Noise:
     def __post_init__(self) -> None:
         if self.kind not in NOISE_KINDS:
             raise ValueError(f"noise kind {self.kind!r} is not one of {', '.join(NOISE_KINDS)}")
-        if self.level < 0 or (self.kind != "gaussian" and self.level > 1):
-            raise ValueError(f"noise level {self.level} out of range")
+        top = self.level if self.level_max is None else self.level_max
+        if self.level < 0 or (self.kind != "gaussian" and top > 1):
+            raise ValueError(f"noise level {top} out of range (impulse and mask take a fraction 0..1)")
         if self.level_max is not None and self.level_max < self.level:
             raise ValueError(f"noise level_max {self.level_max} < level {self.level}")
 

@@ -59,6 +59,14 @@ class TrialConfig:
     seed: int = 0  # weights, batch order and training noise
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
+    def __post_init__(self) -> None:
+        # Noise checks kind, level and level_max together: fail at load time, not in a trial.
+        if self.noise_level_max is not None and self.noise_level_max < self.noise_level:
+            raise ValueError(f"noise_level_max {self.noise_level_max} < noise_level {self.noise_level}")
+        if self.noise_kind != "gaussian" and max(self.noise_level, self.noise_level_max or 0.0) > 1:
+            raise ValueError(f"noise_kind {self.noise_kind} hits a fraction of pixels: "
+                             f"noise_level and noise_level_max must be <= 1")
+
     @property
     def train_noise(self) -> Noise:
         return Noise(self.noise_kind, self.noise_level, self.noise_level_max)
@@ -108,6 +116,11 @@ class NoiseSpec(_Section):
     level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5
     level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None
     seed: int = 1234  # the evaluation corruption is drawn once from this seed
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NoiseSpec":
+        self.noise()  # Noise checks kind, level and level_max together
+        return self
 
     def noise(self) -> Noise:
         return Noise(self.kind, self.level, self.level_max)
@@ -232,10 +245,14 @@ class ExperimentSpec(_Section):
         space.update({k: d.to_tune() for k, d in self.search.items()})
         return space
 
+    def to_yaml(self) -> str:
+        """The resolved spec as YAML that :func:`load_spec` reads back."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
     def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
         """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
         ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``); None means keep."""
-        data = self.model_dump()
+        data = self.model_dump(exclude_none=True)  # None is every optional field's default
         for key, value in overrides.items():
             if value is None:
                 continue

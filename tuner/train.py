@@ -12,6 +12,7 @@ indexed slice converted to float and corrupted in bulk, with no per-sample DataL
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,7 +23,6 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from tuner.data import Splits
 from tuner.model import DenoisingAutoencoder, build_model
@@ -74,6 +74,8 @@ def psnr_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean SSIM (torchmetrics), with the Gaussian window shrunk to fit small images (8x8 digits)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: lazy
+
     side = min(pred.shape[-2:])
     kernel = min(11, side if side % 2 else side - 1)
     sigma = 1.5 * kernel / 11
@@ -256,8 +258,8 @@ class Epoch:
     trainer: Trainer = field(repr=False)
 
     def checkpoint(self) -> dict[str, Any]:
-        """The state to save so a later :func:`fit` continues from here."""
-        return self.trainer.state_dict()
+        """The state to save so a later :func:`fit` continues from here (a copy: training goes on)."""
+        return copy.deepcopy(self.trainer.state_dict())
 
 
 def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,

@@ -1,0 +1,113 @@
+"""The autoencoder family: every allowed shape builds, maps images to same-shaped logits, and
+configurations that cannot work are rejected before training."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tuner.model import build_model, check_model, max_depth
+from tuner.spec import TrialConfig
+
+SIZES = [(8, 8), (28, 28), (32, 32)]
+CONV_CASES = [(c, h, w, d) for c in (1, 3) for h, w in SIZES for d in range(1, max_depth(h, w) + 1)]
+DENSE_CASES = [(c, h, w, d) for c in (1, 3) for h, w in SIZES for d in range(1, 7)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny forward passes: spinning up a second intra-op thread costs more than it saves, and
+    # the CPU is shared with other tests.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**overrides) -> TrialConfig:
+    return TrialConfig(**{"width": 4, "latent_dim": 8, **overrides})
+
+
+def test_max_depth_keeps_a_2x2_bottleneck():
+    assert [max_depth(h, w) for h, w in SIZES] == [2, 3, 4]
+    assert max_depth(20, 36) == 3  # the smaller side decides
+    assert max_depth(3, 3) == 0
+
+
+@pytest.mark.parametrize("c, h, w, depth", CONV_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("skip", [False, True], ids=["noskip", "skip"])
+@pytest.mark.parametrize("bottleneck", ["conv", "dense"])
+def test_conv_model_output_shape_equals_input(c, h, w, depth, skip, bottleneck):
+    cfg = config(depth=depth, skip=skip, bottleneck=bottleneck, dropout=0.1)
+    model = build_model(cfg, c, h, w)
+    x = torch.rand(2, c, h, w)  # (B, C, H, W)
+    logits = model(x)
+    assert logits.shape == x.shape
+    out = model.denoise(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    side = math.ceil(h / 2 ** depth)  # the bottleneck after ``depth`` halvings of the padded image
+    code = cfg.latent_dim if bottleneck == "dense" else cfg.latent_dim * side * side
+    assert model.latent(x).shape == (2, code)
+
+
+@pytest.mark.parametrize("c, h, w, depth", DENSE_CASES, ids=lambda v: str(v))
+def test_dense_model_output_shape_equals_input(c, h, w, depth):
+    model = build_model(config(arch="dense", depth=depth), c, h, w)
+    x = torch.rand(2, c, h, w)
+    assert model(x).shape == x.shape
+    assert model.latent(x).shape == (2, 8)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * depth  # depth layers down to the code, depth back up
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_every_parameter_gets_a_gradient(skip):
+    # An unused layer (say a skip branch not wired in) would be dead weight the search pays for.
+    model = build_model(config(depth=2, skip=skip, dropout=0.2), 3, 32, 32)
+    model(torch.rand(2, 3, 32, 32)).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("shape", [(20, 36), (21, 37), (64, 48)])
+def test_conv_bottleneck_model_takes_other_image_sizes(shape, skip):
+    model = build_model(config(depth=3, skip=skip), 1, 28, 28)
+    assert model.fixed_size is None
+    x = torch.rand(2, 1, *shape)
+    assert model(x).shape == x.shape  # padded to a multiple of 2**depth inside, cropped back
+
+
+@pytest.mark.parametrize("overrides", [dict(bottleneck="dense"), dict(arch="dense")])
+def test_fixed_size_models_reject_other_sizes(overrides):
+    model = build_model(config(depth=2, **overrides), 1, 28, 28)
+    assert model.fixed_size == (28, 28)
+    with pytest.raises(ValueError, match="only 28x28 images, not 20x36"):
+        model(torch.rand(2, 1, 20, 36))
+
+
+@pytest.mark.parametrize("h, w, depth", [(8, 8, 3), (8, 8, 4), (28, 28, 4), (32, 32, 5)])
+def test_too_deep_conv_config_is_rejected(h, w, depth):
+    cfg = config(depth=depth)
+    with pytest.raises(ValueError, match=f"depth {depth} is too deep for {h}x{w} images "
+                                         f"\\(at most {max_depth(h, w)}"):
+        check_model(cfg, 1, h, w)
+    with pytest.raises(ValueError, match="too deep"):
+        build_model(cfg, 1, h, w)
+    check_model(config(arch="dense", depth=depth), 1, h, w)  # depth limits only the conv arch
+
+
+def test_unsupported_channel_count_is_rejected():
+    with pytest.raises(ValueError, match="2 channels"):
+        check_model(config(), 2, 28, 28)
+
+
+def test_batch_norm_and_dropout_follow_the_config():
+    def count(model, kind):
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    plain = build_model(config(depth=2, batch_norm=False, dropout=0.0), 1, 28, 28)
+    assert count(plain, torch.nn.BatchNorm2d) == 0 and count(plain, torch.nn.Dropout2d) == 0
+    full = build_model(config(depth=2, batch_norm=True, dropout=0.3), 1, 28, 28)
+    assert count(full, torch.nn.BatchNorm2d) > 0 and count(full, torch.nn.Dropout2d) > 0

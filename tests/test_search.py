@@ -1,0 +1,145 @@
+"""The search service end to end: real Ray Tune, real Optuna TPE, real ASHA, real training."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import tuner
+from tuner.cli import main
+from tuner.data import load_dataset
+from tuner.spec import load_spec
+from tuner.train import METRIC, EvalSet, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real tiny search (tiny.yaml) through the Python API, shared by this module's tests."""
+    spec = load_spec(TINY)
+    storage = tmp_path_factory.mktemp("runs")
+    return tuner.tune(spec, storage=str(storage), report=False, verbose=0), spec
+
+
+def _check_best(best_dir: Path, beats_noisy: bool = True) -> dict:
+    """best/ reloads into a model whose val_psnr is the one in metrics.json."""
+    for name in ("model.pt", "config.json", "metrics.json", "README.md"):
+        assert (best_dir / name).is_file(), name
+    metrics = json.loads((best_dir / "metrics.json").read_text())
+    config = json.loads((best_dir / "config.json").read_text())
+    model = tuner.load_model(best_dir)
+    assert isinstance(model, torch.nn.Module)
+    splits = load_dataset(**config["dataset"])
+    noise = config["eval_noise"]
+    from tuner.noise import Noise
+
+    val = EvalSet.make(splits.val, Noise(noise["kind"], noise["level"], noise["level_max"]), noise["seed"])
+    assert evaluate(model, val)["psnr"] == pytest.approx(metrics[METRIC], abs=1e-4)
+    assert math.isfinite(metrics["test_psnr"])
+    if beats_noisy:
+        assert metrics["val_psnr"] > metrics["noisy_val_psnr"]
+        assert metrics["test_psnr"] > metrics["noisy_test_psnr"]
+    return metrics
+
+
+def test_tiny_search_python_api(tiny_run):
+    """Trials are created, ASHA stops one early, best/ reloads with the same val_psnr."""
+    result, spec = tiny_run
+    assert len(result.results) == spec.budget.num_samples
+    epochs = [int(r.metrics["epoch"]) for r in result.results]
+    assert all(1 <= e <= spec.budget.max_epochs for e in epochs)
+    assert min(epochs) < spec.budget.max_epochs, f"ASHA stopped no trial early: {epochs}"
+    assert max(epochs) == spec.budget.max_epochs
+    configs = {json.dumps(r.config, sort_keys=True) for r in result.results}
+    assert len(configs) == spec.budget.num_samples  # TPE proposed distinct configs
+    metrics = _check_best(Path(result.best_dir))
+    best_reported = max(max(r.metrics_dataframe[METRIC]) for r in result.results)
+    assert metrics[METRIC] == pytest.approx(best_reported, abs=1e-4)
+    assert (Path(result.run_dir) / "spec.yaml").is_file()
+
+
+def test_tiny_search_cli(tmp_path):
+    """The real console entry point: python -m tuner tune, exit 0, best/ on disk, numbers printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner", "-q", "tune", str(TINY), "--name", "cli", "--storage", str(tmp_path),
+         "--num-samples", "2", "--max-epochs", "2", "--no-report"],
+        capture_output=True, text=True, env=env, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best val_psnr" in proc.stdout and "test_psnr" in proc.stdout
+    best = tmp_path / "cli" / "best"
+    metrics = _check_best(best, beats_noisy=False)  # 2 trials x 2 epochs: too short to promise that
+    assert f"{metrics['val_psnr']:.2f}" in proc.stdout
+    trials = [p for p in (tmp_path / "cli").iterdir() if p.name.startswith("trial_")]
+    assert len(trials) == 2
+
+
+BAD_SPECS = {
+    "unknown key": ("bogus: 1\n", "bogus"),
+    "wrong type": ("budget: {num_samples: many}\n", "budget.num_samples"),
+    "low > high": ("search: {lr: {loguniform: [0.1, 0.001]}}\n", "search.lr"),
+    "unknown dataset": ("dataset: {name: imagenet}\n", "dataset.name"),
+    "unknown optimizer": ("fixed: {optimizer: lion}\n", "fixed.optimizer"),
+    "unknown loss in choice": ("search: {loss: {choice: [mse, ssim]}}\n", "search.loss"),
+    "too deep for 8x8": ("dataset: {name: digits}\nfixed: {depth: 4}\n", "depth"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_one_line_exit_2(case, tmp_path, capsys):
+    text, key = BAD_SPECS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["tune", str(path), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tuner: error: "), err
+    assert str(path) in err and key in err, err
+    assert not (tmp_path / "search").exists()  # nothing started
+
+
+def test_bad_spec_subprocess_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("search: {lr: {uniform: [1, 0]}}\n")
+    proc = subprocess.run([sys.executable, "-m", "tuner", "tune", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "search.lr" in proc.stderr and "low 1.0 > high 0.0" in proc.stderr
+
+
+def test_bad_flag_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(TINY), "--num-samples", "zero"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-samples" in err
+
+
+def test_existing_run_needs_resume(tiny_run, capsys):
+    result, spec = tiny_run
+    storage = str(Path(result.run_dir).parent)
+    assert main(["tune", str(TINY), "--name", spec.name, "--storage", storage, "--no-report"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_quickstart_spec_is_valid():
+    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    assert spec.dataset.name == "mnist5k" and spec.eval_noise.level == 0.5
+    searched = set(spec.search)
+    assert {"latent_dim", "depth", "width", "dropout", "noise_level", "optimizer", "lr", "loss",
+            "batch_size", "arch"} <= searched
+
+
+@pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist", "fashion_mnist", "cifar10"])
+def test_shipped_specs_load(name):
+    spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
+    assert spec.name == name
+    assert (ROOT / "search_spaces" / f"{name}.yaml").read_text().startswith("#")  # header comment

@@ -1,0 +1,148 @@
+"""The ``tuner`` command: a thin shell over spec -> search -> report -> denoise.
+
+Flags choose where and how big (storage, address, resources, sample count); the YAML spec
+says what is searched. Bad input ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (``tuner: error: ...``), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        sys.stderr.write(f"tuner: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _resource(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (0 <= value <= 1024):
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1024")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tuner`` argument parser with its ``tune``, ``report`` and ``denoise`` subcommands."""
+    parser = _Parser(prog="tuner", description="Find the best denoising autoencoder for a set of images.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("tune", help="run a hyperparameter search described by a YAML spec",
+                       description="Run a search; the best model is exported to STORAGE/NAME/best/.")
+    t.add_argument("spec", help="search space YAML, e.g. search_spaces/quickstart.yaml")
+    t.add_argument("--name", help="run name (folder under --storage); default: the spec's name")
+    t.add_argument("--storage", default="./runs", help="where runs live: a folder or a URI such as "
+                   "s3://bucket/path (shared by every node on a cluster); default ./runs")
+    t.add_argument("--num-samples", type=_positive_int, help="number of trials (overrides budget.num_samples)")
+    t.add_argument("--max-epochs", type=_positive_int, help="epochs per trial (overrides budget.max_epochs)")
+    t.add_argument("--cpus-per-trial", type=_resource, help="CPUs per trial (overrides resources.cpus_per_trial)")
+    t.add_argument("--gpus-per-trial", type=_resource,
+                   help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 runs four per GPU")
+    t.add_argument("--max-concurrent", type=_positive_int, help="trials at once (overrides budget.max_concurrent)")
+    t.add_argument("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint "
+                   "(overrides budget.max_failures; -1 retries forever)")
+    t.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
+                   "'ray up'; default: start a local Ray")
+    t.add_argument("--seed", type=int, help="searcher and trial seed (overrides the spec's seed)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run STORAGE/NAME")
+    t.add_argument("--no-report", action="store_true", help="skip writing the HTML report at the end")
+
+    r = sub.add_parser("report", help="write RUN_DIR/report/index.html and trials.csv for a finished run")
+    r.add_argument("run_dir", help="a run folder, e.g. runs/quickstart")
+
+    d = sub.add_parser("denoise", help="denoise PNG/JPEG images with an exported model")
+    d.add_argument("inputs", nargs="+", help="image files or folders of images")
+    d.add_argument("--model", required=True, help="an exported model folder, e.g. runs/quickstart/best")
+    d.add_argument("--out", required=True, help="folder for the denoised images")
+    d.add_argument("--add-noise", action="store_true",
+                   help="corrupt the inputs with the model's evaluation noise first (a demo); "
+                        "writes the noisy inputs beside the outputs")
+    d.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``tuner`` console script and ``python -m tuner``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from tuner.data import DatasetError
+    from tuner.spec import SpecError
+
+    try:
+        return {"tune": _tune, "report": _report, "denoise": _denoise}[args.command](args)
+    except (SpecError, DatasetError, ValueError, FileNotFoundError) as e:
+        msg = " ".join(str(e).split())
+        sys.stderr.write(f"tuner: error: {msg}\n")
+        return EXIT_BAD_INPUT
+    except Exception as e:  # errors we raise for the user carry a one-line message
+        from tuner.search import SearchError
+
+        if isinstance(e, SearchError):
+            sys.stderr.write(f"tuner: error: {' '.join(str(e).split())}\n")
+            return EXIT_BAD_INPUT
+        raise
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from tuner.search import run_search
+    from tuner.spec import load_spec
+
+    spec = load_spec(args.spec).with_overrides(
+        name=args.name, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+    result = run_search(spec, storage=args.storage, address=args.address, resume=args.resume,
+                        verbose=0 if args.quiet else 1)
+    if not args.no_report:
+        from tuner.report import write_report
+
+        write_report(result.run_dir)
+    m = result.metrics
+    print(f"best config: {_format_config(result.best_config)}")
+    print(f"best val_psnr {m['val_psnr']:.2f} dB (noisy input {m['noisy_val_psnr']:.2f} dB); "
+          f"test_psnr {m['test_psnr']:.2f} dB, test_ssim {m['test_ssim']:.3f} "
+          f"(noisy input {m['noisy_test_psnr']:.2f} dB)")
+    print(f"best model: {result.best_dir}")
+    return 0
+
+
+def _format_config(config: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tuner.report import write_report
+
+    index = write_report(args.run_dir)
+    print(f"report: {index}")
+    return 0
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    from tuner.denoise import denoise_files
+
+    written = denoise_files(args.model, args.inputs, args.out, add_noise=args.add_noise, seed=args.seed)
+    print(f"denoised {len(written)} image(s) into {args.out}")
+    return 0

@@ -1,0 +1,311 @@
+"""The search: Ray Tune over a spec, with Optuna TPE suggesting and ASHA stopping early.
+
+:func:`run_search` loads the dataset once, puts it in Ray's object store
+(``tune.with_parameters``) so concurrent trials on a node share one copy, and runs a
+``Tuner`` whose trials are :func:`train_trial` - a thin adapter from Tune's config dict to
+:func:`tuner.train.fit`. Each epoch reports the metrics and a checkpoint; only the best few
+checkpoints per trial are kept (ranked by ``val_psnr``). At the end the best checkpoint of the
+best trial is exported to ``<run>/best/`` with its config and its ``test_psnr``, measured
+once on the test split that no trial ever saw.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from tuner.data import Splits, load_dataset
+from tuner.model import build_model
+from tuner.noise import Noise
+from tuner.spec import ExperimentSpec, TrialConfig
+from tuner.train import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, fit, psnr_per_image
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"  # a trial checkpoint: tuner.train.Trainer.state_dict()
+MODEL_FILE = "model.pt"  # an exported model: the state_dict of tuner.model.DenoisingAutoencoder
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+SPEC_FILE = "spec.yaml"
+
+
+class SearchError(Exception):
+    """The search could not produce a result; the message is one line for the user."""
+
+
+# ---------------------------------------------------------------- the trial (Ray adapter)
+
+def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int) -> None:
+    """Ray Tune function trainable: one trial of the search.
+
+    Args:
+        config: Tune's config dict; its keys are :class:`TrialConfig` fields.
+        data: the dataset splits, from the object store (shared by the node's trials).
+        eval_noise: the experiment's evaluation noise (``kind``, ``level``, ``level_max``, ``seed``).
+        threads: PyTorch CPU threads (the CPUs given to the trial).
+    """
+    from ray import tune
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per epoch is noise
+    trial = TrialConfig(**config)
+    noise, seed = _eval_noise(eval_noise)
+    state = None
+    checkpoint = tune.get_checkpoint()  # set when a crashed or resumed trial restarts
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads):
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(epoch.checkpoint(), Path(d) / STATE_FILE)
+            (Path(d) / CONFIG_FILE).write_text(json.dumps(trial.to_dict(), indent=2))
+            tune.report(epoch.metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _eval_noise(spec: dict[str, Any]) -> tuple[Noise, int]:
+    return Noise(spec["kind"], spec["level"], spec.get("level_max")), int(spec["seed"])
+
+
+# ---------------------------------------------------------------- the driver
+
+@dataclass
+class SearchResult:
+    """What a finished search leaves behind.
+
+    Attributes:
+        run_dir: the run folder (local path or URI).
+        best_dir: the exported best model folder.
+        best_config: the best trial's hyperparameters.
+        metrics: ``val_psnr``, ``test_psnr``, ``test_ssim``, noisy baselines, trial id, epoch.
+        results: Ray Tune's ``ResultGrid`` for every trial.
+    """
+
+    run_dir: str
+    best_dir: str
+    best_config: dict[str, Any]
+    metrics: dict[str, Any]
+    results: Any
+
+
+def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Optional[str] = None,
+               resume: bool = False, verbose: int = 1) -> SearchResult:
+    """Run (or resume) a search and export its best model.
+
+    Args:
+        spec: the validated experiment (CLI overrides already applied).
+        storage: where runs live: a local folder or a URI such as ``s3://bucket/path``;
+            the run is ``<storage>/<spec.name>``.
+        address: a Ray cluster to join (``auto`` for the one ``ray start``/``ray up`` made);
+            None starts a local Ray.
+        resume: continue the interrupted run of the same name instead of starting anew.
+        verbose: Ray Tune's verbosity (0 silent, 1 progress table, 2 more).
+
+    Returns:
+        The :class:`SearchResult`.
+
+    Raises:
+        SearchError: nothing to resume, a run of that name exists already, or no trial succeeded.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+
+    # Trials of a few seconds checkpoint often by design; Ray's hint about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    storage = _absolute(storage)
+    run_dir = _join(storage, spec.name)
+    exists = _exists(_join(run_dir, "tuner.pkl"))
+    if resume and not exists:
+        raise SearchError(f"nothing to resume at {run_dir}; run without --resume to start it")
+    if not resume and exists:
+        raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
+                          f"add --resume to continue it, or pick another --name")
+    data = load_dataset(**_dataset_kwargs(spec))
+    _init_ray(address)
+
+    eval_noise = spec.eval_noise.model_dump()
+    threads = max(1, int(spec.resources.cpus_per_trial))
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, eval_noise=eval_noise, threads=threads),  # object store
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    if resume:
+        log.info("resuming search %s from %s", spec.name, run_dir)
+        tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        log.info("starting search %s: %d trials, up to %d epochs each, in %s",
+                 spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
+        _write(run_dir, SPEC_FILE, spec.to_yaml())
+        searcher = OptunaSearch(metric=METRIC, mode=MODE,
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))  # seeded TPE
+        b = spec.budget
+        tuner = tune.Tuner(
+            trainable,
+            param_space=spec.param_space(),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode=MODE, num_samples=b.num_samples,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=b.max_concurrent),
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs,
+                                        grace_period=b.grace_period, reduction_factor=b.reduction_factor),
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=storage, verbose=verbose,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=b.keep_checkpoints, checkpoint_score_attribute=METRIC,
+                    checkpoint_score_order=MODE),
+                failure_config=tune.FailureConfig(max_failures=b.max_failures),
+            ),
+        )
+    results = tuner.fit()
+    log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
+    best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
+    return SearchResult(run_dir, best_dir, best_config, metrics, results)
+
+
+def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tuple[str, dict, dict]:
+    """Export the best trial's best checkpoint to ``<run_dir>/best/`` and measure it on the test split.
+
+    Returns:
+        (best folder, best trial config, metrics).
+    """
+    ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.checkpoint is not None]
+    if not ok:
+        raise SearchError(f"no trial finished an epoch without diverging or failing in {run_dir}; "
+                          f"see the trials' error.txt files there")
+    best = max(ok, key=lambda r: max(v for v in r.metrics_dataframe[METRIC] if math.isfinite(v)))
+    checkpoint = best.get_best_checkpoint(METRIC, MODE)
+    with checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    trial = TrialConfig(**state["config"])
+    c, h, w = data.shape
+    model = build_model(trial, c, h, w)
+    model.load_state_dict(state["model"])
+    noise, seed = spec.eval_noise.noise(), spec.eval_noise.seed
+    val = EvalSet.make(data.val, noise, seed)
+    test = EvalSet.make(data.test, noise, seed + TEST_SEED_OFFSET)
+    val_scores, test_scores = evaluate(model, val), evaluate(model, test)
+    metrics = {
+        METRIC: val_scores["psnr"],
+        "val_ssim": val_scores["ssim"],
+        "test_psnr": test_scores["psnr"],
+        "test_ssim": test_scores["ssim"],
+        "test_mse": test_scores["mse"],
+        "noisy_val_psnr": float(psnr_per_image(val.noisy, val.clean).mean()),
+        "noisy_test_psnr": float(psnr_per_image(test.noisy, test.clean).mean()),
+        "epoch": int(state["epoch"]),
+        "trial_id": best.metrics.get("trial_id"),
+    }
+    config = {
+        "format": "tuner-model/1",
+        "experiment": spec.name,
+        "metric": METRIC,
+        "mode": MODE,
+        "image_shape": [c, h, w],
+        "trial": trial.to_dict(),
+        "dataset": spec.dataset.model_dump(mode="json"),
+        "eval_noise": spec.eval_noise.model_dump(mode="json"),
+    }
+    best_dir = _join(run_dir, "best")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
+        files = {MODEL_FILE: (Path(tmp) / MODEL_FILE).read_bytes(),
+                 CONFIG_FILE: json.dumps(config, indent=2),
+                 METRICS_FILE: json.dumps(metrics, indent=2),
+                 "README.md": _model_readme(config, metrics)}
+    for name, content in files.items():
+        _write(best_dir, name, content)
+    log.info("best model: %s", best_dir)
+    return best_dir, trial.to_dict(), metrics
+
+
+def _model_readme(config: dict, metrics: dict) -> str:
+    c, h, w = config["image_shape"]
+    return (f"# tuner model: {config['experiment']}\n\n"
+            f"A denoising autoencoder for {c}x{h}x{w} images ({config['dataset']['name']}), chosen on "
+            f"`{config['metric']}` under {config['eval_noise']['kind']} noise {config['eval_noise']['level']}.\n\n"
+            f"- validation PSNR {metrics[METRIC]:.2f} dB (noisy input {metrics['noisy_val_psnr']:.2f} dB)\n"
+            f"- test PSNR {metrics['test_psnr']:.2f} dB, SSIM {metrics['test_ssim']:.3f} "
+            f"(noisy input {metrics['noisy_test_psnr']:.2f} dB)\n\n"
+            f"Files: `model.pt` (state_dict, loads with `torch.load(..., weights_only=True)`), "
+            f"`config.json` (hyperparameters under `trial`), `metrics.json`.\n\n"
+            f"Use: `tuner denoise --model <this folder> IMAGES... --out DIR`, or "
+            f"`tuner.load_model(<this folder>)` in Python.\n")
+
+
+def _dataset_kwargs(spec: ExperimentSpec) -> dict[str, Any]:
+    return spec.dataset.model_dump()
+
+
+def _init_ray(address: Optional[str]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    log.info("starting Ray%s", f" (joining {address})" if address else " locally")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # The dashboard of a local search listens on localhost only.
+        ray.init(dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+
+
+# ---------------------------------------------------------------- storage: local paths or URIs
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(storage: str) -> str:
+    return storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if _is_uri(base) else str(Path(base, *parts))
+
+
+def _exists(path: str) -> bool:
+    if not _is_uri(path):
+        return Path(path).exists()
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def _write(folder: str, name: str, content: str | bytes) -> None:
+    data = content.encode() if isinstance(content, str) else content
+    if not _is_uri(folder):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, name).write_bytes(data)
+        return
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(_join(folder, name))
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def read_file(folder: str, name: str) -> bytes:
+    """Read ``folder/name`` from a local path or a URI."""
+    if not _is_uri(folder):
+        return Path(folder, name).read_bytes()
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(_join(folder, name))
+    with fs.open_input_stream(p) as f:
+        return f.read()
