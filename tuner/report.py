@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from tuner.model import DenoisingAutoencoder, build_model
 from tuner.noise import Noise
 from tuner.search import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, _is_uri, _join, _write, read_file
 from tuner.spec import HYPERPARAMETERS, Distribution, ExperimentSpec, TrialConfig
-from tuner.train import DIVERGED_PSNR, METRIC, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image
+from tuner.train import METRIC, TEST_SEED_OFFSET, EvalSet, psnr_per_image
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class TrialSummary:
         status: ``completed``, ``stopped early``, ``diverged``, ``errored`` or ``unfinished``.
         ray_status: Ray Tune's own status (TERMINATED, ERROR, ...).
         epochs: the last epoch it reported (0 when it reported none).
-        best_val_psnr: its best finite ``val_psnr`` (NaN when it reported none).
+        best_val_psnr: its best ``val_psnr`` (a diverged epoch counts as
+            :data:`~tuner.train.DIVERGED_PSNR`; NaN when it reported nothing).
         best_epoch: the epoch of that score.
         curve: (epoch, val_psnr, diverged) per reported epoch.
         seconds: its training time (Ray's ``time_total_s``).
@@ -117,7 +119,8 @@ def load_trials(run_dir: str, max_epochs: int) -> list[TrialSummary]:
         if df is not None and len(df) and "epoch" in df:
             curve = [(int(e), float(p), bool(d)) for e, p, d in
                      zip(df["epoch"], df[METRIC], df.get("diverged", [0] * len(df)))]
-        finite = [(p, e) for e, p, d in curve if math.isfinite(p) and not d]
+        # As Ray ranks it: a diverged epoch reports DIVERGED_PSNR, the worst finite score.
+        finite = [(p, e) for e, p, _ in curve if math.isfinite(p)]
         best_psnr, best_epoch = max(finite) if finite else (math.nan, 0)
         error = ""
         if t.run_metadata.error_filename:  # Ray sets it when it writes the trial's error.txt
@@ -264,7 +267,9 @@ def noise_sweep(best: BestModel) -> list[tuple[float, float, float]]:
     rows = []
     for level in levels:
         ev = EvalSet.make(images, Noise(noise.kind, level), best.test_seed)
-        rows.append((level, evaluate(best.model, ev)["psnr"], float(psnr_per_image(ev.noisy, ev.clean).mean())))
+        denoised = _denoise(best.model, ev.noisy)  # PSNR only: evaluate()'s SSIM costs more than the rest
+        rows.append((level, float(psnr_per_image(denoised, ev.clean).mean()),
+                     float(psnr_per_image(ev.noisy, ev.clean).mean())))
     return rows
 
 
@@ -284,8 +289,9 @@ def _optuna_distribution(d: Distribution):
 def importance_study(trials: list[TrialSummary], spec: ExperimentSpec):
     """An in-memory Optuna study holding every trial that reported a score.
 
-    Each trial's value is its best ``val_psnr``; trials ASHA stopped count with the best score
-    they reached before it stopped them, as the searcher saw them.
+    Each trial's value is its best ``val_psnr``, as the searcher saw it: trials ASHA stopped
+    count with the best score they reached before it stopped them, and a trial that diverged at
+    once with :data:`~tuner.train.DIVERGED_PSNR` (0 dB).
 
     Returns:
         (study, None), or (None, a sentence saying why importances cannot be computed).
@@ -424,6 +430,8 @@ def plot_examples(best: BestModel, out: Path) -> str:
 
 
 def plot_histogram(best: BestModel, out: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     both = np.concatenate([best.psnr, best.noisy_psnr])
@@ -435,6 +443,7 @@ def plot_histogram(best: BestModel, out: Path) -> str:
     ax.axvline(best.psnr.mean(), color="#1a6e1a", ls="--", lw=1.2, label=f"denoised mean {best.psnr.mean():.2f} dB")
     ax.set_xlabel("PSNR per test image (dB)")
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(frameon=False, fontsize=9)
     ax.grid(alpha=0.25)
     return _save(fig, out, "psnr_histogram.png")
@@ -474,14 +483,16 @@ def plot_latent(best: BestModel, out: Path) -> tuple[str, float]:
     Returns:
         (file name, fraction of the codes' variance the two components explain).
     """
-    from sklearn.decomposition import PCA
-
     noisy = best.test.noisy[:SAMPLE]
     labels = best.data.test_labels[:SAMPLE]
-    codes = torch.cat([best.model.latent(noisy[i:i + 512]) for i in range(0, len(noisy), 512)]).numpy()  # (N, D)
+    codes = torch.cat([best.model.latent(noisy[i:i + 512]) for i in range(0, len(noisy), 512)])  # (N, D)
+    centered = codes - codes.mean(0)
     k = min(2, codes.shape[1], len(codes))
-    pca = PCA(n_components=k, random_state=0)  # randomized solver on wide codes: seeded
-    xy = pca.fit_transform(codes)
+    with torch.random.fork_rng(devices=[]):  # pca_lowrank draws from the global RNG: seed it, then restore it
+        torch.manual_seed(0)
+        _, s, v = torch.pca_lowrank(centered, q=k, center=False, niter=4)
+    xy = (centered @ v[:, :k]).numpy()  # (N, k)
+    ratio = (s[:k] ** 2 / centered.pow(2).sum().clamp_min(1e-12)).numpy()  # share of the variance
     if k == 1:
         xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
     fig = Figure(figsize=(6.4, 5.0), layout="constrained")
@@ -493,7 +504,6 @@ def plot_latent(best: BestModel, out: Path) -> tuple[str, float]:
     if len(classes) <= 20:
         ax.legend(*sc.legend_elements(num=list(classes)), title="label", loc="center left",
                   bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
-    ratio = pca.explained_variance_ratio_
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}% of variance)" if k > 1 else "(1-D code)")
     ax.grid(alpha=0.25)
@@ -514,7 +524,8 @@ def plot_optuna(study, out: Path) -> tuple[str, str]:
         warnings.filterwarnings("ignore", message="Attempting to set identical")  # a one-value axis
         for name, plot, size in (
                 ("param_importances.png", lambda: ovm.plot_param_importances(
-                    study, evaluator=_evaluator(), target_name=f"best {METRIC}"), (7.0, 3.4)),
+                    study, evaluator=_evaluator(), target_name=f"best {METRIC}"),
+                 (7.0, 1.4 + 0.45 * len(study.best_trial.params))),
                 ("parallel_coordinate.png", lambda: ovm.plot_parallel_coordinate(
                     study, target_name=f"best {METRIC}"), (max(7.0, 1.7 * (len(study.best_trial.params) + 1)), 4.4))):
             ax = plot()
@@ -671,6 +682,8 @@ def write_report(run_dir: str) -> Path:
     log.info("writing the report of %s", run_dir)
     out = Path(tempfile.mkdtemp(prefix="tuner-report-")) if _is_uri(run_dir) else Path(run_dir, REPORT_DIR)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.png"):  # figures of an earlier report that this one may not draw
+        stale.unlink()
 
     trials = load_trials(run_dir, spec.budget.max_epochs)
     write_trials_csv(trials, spec, out / "trials.csv")
@@ -681,7 +694,9 @@ def write_report(run_dir: str) -> Path:
     if _is_uri(run_dir):
         for f in sorted(out.iterdir()):
             _write(_join(run_dir, REPORT_DIR), f.name, f.read_bytes())
-    log.info("report: %s", out / "index.html")
+        log.info("report: %s (local copy %s)", _join(run_dir, REPORT_DIR, "index.html"), out / "index.html")
+    else:
+        log.info("report: %s", out / "index.html")
     return out / "index.html"
 
 
@@ -716,7 +731,8 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
         body = '<div class="cards">' + "".join(
             f'<div class="card"><div class="v {c}">{_e(v)}</div><div class="l">{_e(label)}</div></div>'
             for v, label, c in cards) + "</div>"
-        rows = [["validation", m[METRIC], m["noisy_val_psnr"], m[METRIC] - m["noisy_val_psnr"], m.get("val_ssim", math.nan)],
+        rows = [["validation", m[METRIC], m["noisy_val_psnr"], m[METRIC] - m["noisy_val_psnr"],
+                 m.get("val_ssim", math.nan)],
                 ["test", m["test_psnr"], m["noisy_test_psnr"], gain, m["test_ssim"]]]
         if test_psnr is not None:
             rows.append(["test, recomputed by this report", test_psnr, float(best.noisy_psnr.mean()),
@@ -736,7 +752,7 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
     if notes:
         body += '<div class="note"><b>Worth a second look</b><ul class="checks">' + "".join(
             f"<li>{n}</li>" for n in notes) + "</ul></div>"
-    summary["checks"] = [html.unescape(n) for n in notes]
+    summary["checks"] = [html.unescape(re.sub(r"<[^>]+>", "", n)) for n in notes]  # plain text for scripts
     sections.append(_section("summary", "Result", body))
 
     # --- compute saved
@@ -775,12 +791,17 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
     # --- learning curves
     baseline = best.metrics["noisy_val_psnr"] if best else None
     src = plot_learning_curves(trials, spec, best_id, baseline, out)
+    present = {t.status for t in trials}
+    legend = [text for status, text in (
+        (STOPPED, "grey lines ending in &times; were stopped early by ASHA at a rung (dotted verticals)"),
+        (DIVERGED, "a red &#10006; at the bottom marks where a trial diverged"),
+        (ERRORED, "orange dotted lines end where a trial errored"),
+        (UNFINISHED, "purple lines never finished")) if status in present]
+    legend.append("the green line is the best trial, its star the checkpoint exported" if best_id else "")
     sections.append(_section("learning-curves", "Learning curves", _figure(
         src, "validation PSNR per epoch of every trial",
-        "Validation PSNR of every trial per epoch: grey lines ending in &times; were stopped early by ASHA at "
-        "a rung (dotted verticals), red &#10006; marks a trial that diverged, and the green line is the best "
-        "trial (star at the checkpoint exported); look for whether the winner pulled ahead early or was still "
-        "climbing when the budget ran out.")))
+        f"Validation PSNR of every trial per epoch ({'; '.join(x for x in legend if x)}): look for whether the "
+        f"winner pulled ahead early or was still climbing when the budget ran out.")))
 
     # --- the best model on test images
     if have_images:
@@ -826,7 +847,9 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
                 + _figure(imp_src, "hyperparameter importances",
                           f"Share of the variation in best {METRIC} that each searched hyperparameter explains "
                           f"(Optuna fANOVA over {len(study.trials)} scored trials): tune the top ones further, "
-                          f"fix the bottom ones.")
+                          f"fix the bottom ones"
+                          + (" (with one searched hyperparameter it explains everything by construction)."
+                             if len(importances) == 1 else "."))
                 + _figure(par_src, "parallel coordinates of the trials",
                           f"Every scored trial as one line through its hyperparameter values, coloured by its "
                           f"best {METRIC}: look for values the good (dark) lines share."))
@@ -851,14 +874,16 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
 
     # --- trials table
     params = list(spec.search)
+    errors = any(t.error for t in trials)
     rows, classes = [], []
     for t in _ranked(trials):
         dot = f'<span style="color:{STYLE[t.status]["color"]}">&#9679;</span> '
-        rows.append([_td(t.trial_id), f"<td>{dot}{_e(t.status)}</td>", _td(t.epochs, True),
-                     _td(t.best_val_psnr, True), *(_td(t.config.get(p, "")) for p in params),
-                     _td(t.error[:80])])
+        psnr = f"{t.best_val_psnr:.2f}" if math.isfinite(t.best_val_psnr) else "-"
+        rows.append([_td(t.trial_id), f"<td>{dot}{_e(t.status)}</td>", _td(t.epochs), _cell(psnr),
+                     *(_td(t.config.get(p, "")) for p in params), *([_td(t.error[:100])] if errors else [])])
         classes.append("best" if t.trial_id == best_id else "")
-    body = (_table(["trial", "status", "epochs", f"best {METRIC}", *params, "error"], rows, classes)
+    header = ["trial", "status", "epochs", f"best {METRIC}", *params, *(["error"] if errors else [])]
+    body = (_table(header, rows, classes)
             + '<p>All hyperparameters of every trial: <a href="trials.csv">trials.csv</a>.</p>')
     sections.append(_section("trials", f"All {len(trials)} trials", body))
 

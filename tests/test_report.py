@@ -1,0 +1,215 @@
+"""The report on real runs: a real Ray Tune search of ``search_spaces/tiny.yaml`` (once per
+module) and a small search built to diverge, then ``write_report`` and ``tuner report``."""
+from __future__ import annotations
+
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tuner.cli import main
+from tuner.report import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, trial_status, write_report
+from tuner.search import SearchError, run_search
+from tuner.spec import load_spec
+from tuner.train import METRIC
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("summary", "compute", "best-config", "learning-curves", "examples", "psnr-histogram",
+            "noise-sweep", "importance", "latent", "trials")
+FIGURES = {"learning-curves": 1, "examples": 1, "psnr-histogram": 1, "noise-sweep": 1, "importance": 2, "latent": 1}
+
+
+class _Page(HTMLParser):
+    """The ids, the figures per section and every local file a page refers to."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids: list[str] = []
+        self.refs: list[str] = []
+        self.images: dict[str, list[str]] = {}
+        self._section = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.append(a["id"])
+        if tag == "section":
+            self._section = a.get("id")
+        if tag == "img":
+            self.refs.append(a["src"])
+            self.images.setdefault(self._section, []).append(a["src"])
+        if tag == "a" and not a.get("href", "").startswith("#"):
+            self.refs.append(a["href"])
+        if tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.refs.append(a.get("href") or a.get("src"))
+
+
+def _parse(index: Path) -> _Page:
+    page = _Page()
+    page.feed(index.read_text(encoding="utf-8"))
+    return page
+
+
+def _rows(run_dir: str) -> list[dict[str, str]]:
+    with open(Path(run_dir, "report", "trials.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _ray_status(result, max_epochs: int) -> str:
+    """The outcome Ray Tune's ResultGrid records for a trial, in the report's words."""
+    if result.error is not None:
+        return ERRORED
+    df = result.metrics_dataframe
+    if int(df["diverged"].iloc[-1]):
+        return DIVERGED
+    return COMPLETED if int(df["epoch"].iloc[-1]) >= max_epochs else STOPPED
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """tiny.yaml searched for real (4 trials, ASHA rf 2, 3 epochs) and its report."""
+    spec = load_spec(ROOT / "search_spaces" / "tiny.yaml").with_overrides(name="report-tiny")
+    result = run_search(spec, storage=str(tmp_path_factory.mktemp("runs")), verbose=0)
+    return spec, result, write_report(result.run_dir)
+
+
+def test_page_has_every_section_with_its_figures(tiny):
+    spec, result, index = tiny
+    assert index == Path(result.run_dir, "report", "index.html")
+    page = _parse(index)
+    for section in SECTIONS:
+        assert page.ids.count(section) == 1, section
+    for section, n in FIGURES.items():
+        assert len(page.images.get(section, [])) == n, (section, page.images.get(section))
+    text = index.read_text()
+    assert f"{result.metrics['test_psnr']:.2f} dB" in text  # the headline is the search's own test PSNR
+    assert "<style>" in text and "<script" not in text  # self-contained: inline CSS, nothing fetched
+
+
+def test_every_referenced_file_exists(tiny):
+    _, result, index = tiny
+    page = _parse(index)
+    assert page.refs
+    for ref in page.refs:
+        assert "://" not in ref and not ref.startswith("/"), ref  # relative: the folder can be moved or served
+        path = index.parent / ref
+        assert path.is_file() and path.stat().st_size > 0, ref
+        if ref.endswith(".png"):
+            with Image.open(path) as im:
+                assert im.format == "PNG" and min(im.size) >= 100, (ref, im.size)
+    assert "trials.csv" in page.refs
+
+
+def test_trials_csv_agrees_with_ray_tune(tiny):
+    spec, result, _ = tiny
+    from ray.tune import ExperimentAnalysis
+
+    rows = {r["trial_id"]: r for r in _rows(result.run_dir)}
+    max_epochs = spec.budget.max_epochs
+    assert len(rows) == len(result.results) == spec.budget.num_samples
+    frames = ExperimentAnalysis(result.run_dir).trial_dataframes
+    for r in result.results:
+        trial_id = r.metrics["trial_id"]
+        row = rows[trial_id]
+        df = r.metrics_dataframe
+        assert row["status"] == _ray_status(r, max_epochs)
+        assert int(row["epochs"]) == int(df["epoch"].iloc[-1]) == len(frames[trial_id])
+        assert float(row[f"best_{METRIC}"]) == pytest.approx(float(df[METRIC].max()), abs=1e-9)
+        for key, value in r.config.items():  # every fixed and searched hyperparameter
+            assert row[key] == str(value), key
+    assert set(spec.search) | set(spec.fixed) <= set(next(iter(rows.values())))
+
+
+def test_asha_stopped_a_trial_and_the_savings_add_up(tiny):
+    spec, result, index = tiny
+    rows = _rows(result.run_dir)
+    statuses = [r["status"] for r in rows]
+    assert STOPPED in statuses  # reduction_factor 2 over 4 trials: ASHA must cut someone
+    summary = json.loads((index.parent / "summary.json").read_text())
+    c = summary["compute"]
+    run = sum(int(r["epochs"]) for r in rows)
+    assert c["epochs_run"] == run < c["epochs_full"] == len(rows) * spec.budget.max_epochs
+    assert c["saved_by_asha"] == sum(spec.budget.max_epochs - int(r["epochs"]) for r in rows if r["status"] == STOPPED)
+    assert c["saved_pct"] == pytest.approx(100 * (c["epochs_full"] - run) / c["epochs_full"])
+    assert f"{c['saved_pct']:.0f}%" in index.read_text()
+    assert summary["statuses"][STOPPED] == statuses.count(STOPPED)
+
+
+def test_report_measures_the_exported_model_again(tiny):
+    spec, result, index = tiny
+    summary = json.loads((index.parent / "summary.json").read_text())
+    # Same weights, same test split, same fixed noise (eval seed + TEST_SEED_OFFSET): same score.
+    assert summary["test_psnr_recomputed"] == pytest.approx(result.metrics["test_psnr"], abs=1e-3)
+    assert summary["best_trial_id"] == result.metrics["trial_id"]
+    sweep = summary["noise_sweep"]
+    levels = [p["level"] for p in sweep]
+    level = spec.eval_noise.level
+    assert len(levels) == 7 and min(levels) == pytest.approx(level / 4) and max(levels) == pytest.approx(2 * level)
+    at_eval = next(p for p in sweep if p["level"] == pytest.approx(level))
+    assert at_eval["psnr"] == pytest.approx(result.metrics["test_psnr"], abs=1e-3)  # tiny's test split < 2000 images
+    assert at_eval["noisy_psnr"] == pytest.approx(result.metrics["noisy_test_psnr"], abs=1e-3)
+    noisy = [p["noisy_psnr"] for p in sweep]
+    assert noisy == sorted(noisy, reverse=True)  # more noise, worse input
+    assert set(summary["importances"]) == set(spec.search)
+    assert sum(summary["importances"].values()) == pytest.approx(1.0)
+
+
+def test_a_diverged_trial_is_reported_as_diverged(tmp_path, capsys):
+    # SGD at lr 100 without batch norm sends the BCE loss to NaN in the first epoch on digits;
+    # lr 0.1 trains normally. TPE (seeded) draws both.
+    spec_file = tmp_path / "diverge.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "diverge", "seed": 0, "dataset": {"name": "digits"},
+        "eval_noise": {"kind": "gaussian", "level": 0.3},
+        "budget": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
+                   "max_concurrent": 2},
+        "fixed": {"width": 8, "depth": 1, "latent_dim": 8, "batch_size": 64, "skip": True,
+                  "optimizer": "sgd", "batch_norm": False, "loss": "bce"},
+        "search": {"lr": {"choice": [0.1, 100.0]}},
+    }))
+    spec = load_spec(spec_file)
+    storage = tmp_path / "runs"
+    try:
+        result = run_search(spec, storage=str(storage), verbose=0)
+        exported = True
+    except SearchError:  # every trial diverged: nothing to export, the report must still work
+        result, exported = None, False
+    run_dir = storage / "diverge"
+    assert main(["report", str(run_dir)]) == 0
+    assert str(run_dir / "report" / "index.html") in capsys.readouterr().out
+    rows = _rows(str(run_dir))
+    assert len(rows) == 3
+    for row in rows:
+        assert row["status"] == (DIVERGED if float(row["lr"]) == 100.0 else COMPLETED), row
+    assert DIVERGED in {r["status"] for r in rows}
+    if exported:
+        statuses = {r.metrics["trial_id"]: _ray_status(r, 2) for r in result.results}
+        assert statuses == {r["trial_id"]: r["status"] for r in rows}
+    page = _parse(run_dir / "report" / "index.html")
+    assert all(s in page.ids for s in SECTIONS)
+    for ref in page.refs:
+        assert (run_dir / "report" / ref).is_file(), ref
+    assert "diverged" in (run_dir / "report" / "index.html").read_text()
+
+
+def test_trial_status_rules():
+    # The cases a tiny real run does not produce: errors and interrupted searches.
+    assert trial_status("TERMINATED", 3, False, False, 3) == COMPLETED
+    assert trial_status("TERMINATED", 1, False, False, 3) == STOPPED
+    assert trial_status("TERMINATED", 2, True, False, 3) == DIVERGED
+    assert trial_status("ERROR", 2, False, True, 3) == ERRORED
+    assert trial_status("ERROR", 0, False, False, 3) == ERRORED
+    assert trial_status("TERMINATED", 0, False, False, 3) == ERRORED  # ended without one result
+    assert trial_status("TERMINATED", 3, False, True, 3) == COMPLETED  # crashed once, Ray restarted it
+    assert trial_status("RUNNING", 1, False, False, 3) == UNFINISHED
+    assert trial_status("PENDING", 1, False, True, 3) == ERRORED
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        write_report(str(tmp_path))
+    assert main(["report", str(tmp_path)]) == 2
