@@ -29,3 +29,16 @@ def tiny_config():
         return TrialConfig(**{**base, **overrides})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real tiny search (search_spaces/tiny.yaml: real Ray Tune, Optuna TPE, ASHA) through the
+    Python API, shared by the tests that read a finished run. Returns (SearchResult, spec)."""
+    from pathlib import Path
+
+    import tuner
+    from tuner.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml")
+    return tuner.tune(spec, storage=str(tmp_path_factory.mktemp("runs")), report=False, verbose=0), spec

@@ -70,10 +70,9 @@ def _ray_status(result, max_epochs: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """tiny.yaml searched for real (4 trials, ASHA rf 2, 3 epochs) and its report."""
-    spec = load_spec(ROOT / "search_spaces" / "tiny.yaml").with_overrides(name="report-tiny")
-    result = run_search(spec, storage=str(tmp_path_factory.mktemp("runs")), verbose=0)
+def tiny(tiny_run):
+    """tiny.yaml searched for real (4 trials, ASHA rf 2, 3 epochs; shared with test_search) and its report."""
+    result, spec = tiny_run
     return spec, result, write_report(result.run_dir)
 
 

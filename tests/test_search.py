@@ -21,14 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One real tiny search (tiny.yaml) through the Python API, shared by this module's tests."""
-    spec = load_spec(TINY)
-    storage = tmp_path_factory.mktemp("runs")
-    return tuner.tune(spec, storage=str(storage), report=False, verbose=0), spec
-
-
 def _check_best(best_dir: Path, beats_noisy: bool = True) -> dict:
     """best/ reloads into a model whose val_psnr is the one in metrics.json."""
     for name in ("model.pt", "config.json", "metrics.json", "README.md"):
