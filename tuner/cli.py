@@ -92,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return {"tune": _tune, "report": _report, "denoise": _denoise}[args.command](args)
-    except (SpecError, DatasetError, ValueError, FileNotFoundError) as e:
+    except (SpecError, DatasetError, ValueError, OSError) as e:  # OSError: a missing, unreadable or clashing path
         msg = " ".join(str(e).split())
         sys.stderr.write(f"tuner: error: {msg}\n")
         return EXIT_BAD_INPUT

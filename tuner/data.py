@@ -10,6 +10,7 @@ object store; the trainer converts each batch to float on the fly.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -188,17 +189,24 @@ def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
     """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs (Pillow warns at 89M, fails at 2x)
+    Image.MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs: more pixels is an error (below)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x the limit; a 60 kB PNG of 60M black pixels
+            # would still be decoded and denoised, so the warning is an error here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             im.load()
             if channels is None:
                 channels = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit gray: keep the top 8 bits
+                im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))  # convert() clips at 255
             im = im.convert("L" if channels == 1 else "RGB")
             a = np.array(im, dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"{path}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), ValueError (bad mode)
         raise DatasetError(f"{path}: not a readable PNG/JPEG image ({type(e).__name__})") from None

@@ -48,19 +48,45 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Den
         raise ValueError(f"{folder}/{CONFIG_FILE}: not valid JSON") from None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise ValueError(f"{folder}/{CONFIG_FILE}: not a {MODEL_FORMAT} config")
-    c, h, w = config["image_shape"]
-    model = build_model(TrialConfig(**config["trial"]), c, h, w)
+    try:
+        shape = config["image_shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and v > 0 for v in shape)):
+            raise ValueError(f"image_shape must be [channels, height, width], not {str(shape)[:40]}")
+        c, h, w = shape
+        _eval_noise(config)
+        # On the meta device: no memory until the weights arrive, so a config.json claiming a
+        # giant image cannot make us allocate it; the weights below must match it exactly.
+        with torch.device("meta"):
+            model = build_model(TrialConfig(**config["trial"]), c, h, w)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{folder}/{CONFIG_FILE}: not a valid {MODEL_FORMAT} config ({_reason(e)})") from None
     import io
 
     try:
         state = torch.load(io.BytesIO(read_file(folder, MODEL_FILE)), map_location=device, weights_only=True)
-        model.load_state_dict(state)
     except FileNotFoundError:
         raise ValueError(f"{folder}: no {MODEL_FILE}") from None
-    except Exception as e:  # UnpicklingError for files carrying code, RuntimeError for wrong weights
+    except Exception as e:  # UnpicklingError for files carrying code
         raise ValueError(f"{folder}/{MODEL_FILE}: not loadable as weights only ({type(e).__name__})") from None
+    try:
+        model.load_state_dict(state, assign=True)  # strict: every key and shape as config.json says
+    except Exception as e:
+        raise ValueError(f"{folder}/{MODEL_FILE}: weights do not match {CONFIG_FILE} ({type(e).__name__})") from None
     model.config = config  # type: ignore[attr-defined]
     return model.to(device).eval()
+
+
+def _eval_noise(config: dict[str, Any]) -> Noise:
+    e = config["eval_noise"]
+    return Noise(e["kind"], e["level"], e.get("level_max"))
+
+
+def _reason(e: Exception) -> str:
+    """The first line of an error, e.g. the first of a pydantic ValidationError's messages."""
+    if hasattr(e, "errors"):
+        err = e.errors()[0]
+        return f"trial.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 @torch.no_grad()
@@ -105,7 +131,7 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
 
     model = load_model(model_dir)
     config = model.config  # type: ignore[attr-defined]
-    noise = Noise(config["eval_noise"]["kind"], config["eval_noise"]["level"], config["eval_noise"].get("level_max"))
+    noise = _eval_noise(config)  # checked by load_model
     jobs: list[tuple[Path, Path]] = []  # (input file, output path relative to out_dir)
     for item in map(Path, inputs):
         files = image_files(item)

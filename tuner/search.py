@@ -61,11 +61,14 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # nodes share an IP when simulated on one machine
     for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads):
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.checkpoint(), Path(d) / STATE_FILE)
             (Path(d) / CONFIG_FILE).write_text(json.dumps(trial.to_dict(), indent=2))
-            tune.report(epoch.metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**epoch.metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _trial_name(trial) -> str:
@@ -149,9 +152,11 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         log.info("starting search %s: %d trials, up to %d epochs each, in %s",
                  spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
         _write(run_dir, SPEC_FILE, spec.to_yaml())
-        searcher = OptunaSearch(metric=METRIC, mode=MODE,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))  # seeded TPE
         b = spec.budget
+        # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
+        # would never get past that, so a third of the budget is random and the rest is TPE.
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, b.num_samples // 3)))
+        searcher = OptunaSearch(metric=METRIC, mode=MODE, sampler=sampler)
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
@@ -259,8 +264,12 @@ def _init_ray(address: Optional[str]) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # The dashboard of a local search listens on localhost only.
-        ray.init(dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
+        # address="local": always a fresh Ray of our own; with None, ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (any `ray start` on this machine, even a dead one).
+        # The dashboard of a local search listens on localhost only, and the dashboard agent's
+        # Prometheus endpoint (0.0.0.0, no auth) is not started.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
 
 
 # ---------------------------------------------------------------- storage: local paths or URIs

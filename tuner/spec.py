@@ -56,7 +56,7 @@ class TrialConfig:
     loss: Literal["mse", "bce", "l1"] = "mse"  # training loss; selection is always val_psnr
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
     max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t)
-    seed: int = 0  # weights, batch order and training noise
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # weights, batch order and training noise
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
     def __post_init__(self) -> None:
@@ -107,7 +107,7 @@ class DatasetSpec(_Section):
     channels: Optional[Literal[1, 3]] = None  # folder: force grayscale (1) or RGB (3)
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    split_seed: int = 0  # shuffle before splitting
+    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # shuffle before splitting
     limit: Optional[Annotated[int, Field(ge=8)]] = None  # keep at most this many images per split
 
 
@@ -115,7 +115,7 @@ class NoiseSpec(_Section):
     kind: NoiseKind = "gaussian"
     level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5
     level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None
-    seed: int = 1234  # the evaluation corruption is drawn once from this seed
+    seed: Annotated[int, Field(ge=0, le=2**32 - 2)] = 1234  # the evaluation corruption is drawn once from this seed
 
     @model_validator(mode="after")
     def _consistent(self) -> "NoiseSpec":
@@ -164,7 +164,7 @@ class Distribution(_Section):
     @model_validator(mode="before")
     @classmethod
     def _one(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or len(data) != 1:
+        if not isinstance(data, dict) or len(data) != 1 or next(iter(data.values())) is None:
             raise ValueError(f"must be one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}")
         return data
 
@@ -216,7 +216,7 @@ class ExperimentSpec(_Section):
     """A whole search, as written in a ``search_spaces/*.yaml`` file."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] = "search"  # run folder name
-    seed: int = 0  # the searcher's seed and every trial's seed
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # the searcher's seed and every trial's seed
     dataset: DatasetSpec = DatasetSpec()
     eval_noise: NoiseSpec = NoiseSpec()  # every trial is scored on val/test images corrupted by this
     budget: BudgetSpec = BudgetSpec()
@@ -366,4 +366,6 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
     except RecursionError:
         raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
+    except ValueError as e:  # PyYAML's int() of a number over 4300 digits
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
     return _validate(data, str(path))
