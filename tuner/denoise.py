@@ -36,7 +36,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Den
     Raises:
         ValueError: the folder is not an exported tuner model.
     """
-    from tuner.search import CONFIG_FILE, MODEL_FILE, read_file
+    from tuner.storage import CONFIG_FILE, MODEL_FILE, read_file
 
     folder = str(model_dir)
     try:

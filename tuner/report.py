@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from tuner.data import DatasetError, Splits, load_dataset
 from tuner.model import DenoisingAutoencoder, build_model
 from tuner.noise import Noise
-from tuner.search import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, _is_uri, _join, _write, read_file
+from tuner.storage import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, is_uri, join, read_file, write
 from tuner.spec import HYPERPARAMETERS, Distribution, ExperimentSpec, TrialConfig
 from tuner.train import METRIC, TEST_SEED_OFFSET, EvalSet, psnr_per_image
 
@@ -222,7 +222,7 @@ def load_best(run_dir: str) -> Optional[BestModel]:
     Returns:
         None when the run exported no best model (every trial failed or diverged).
     """
-    best_dir = _join(run_dir, "best")
+    best_dir = join(run_dir, "best")
     try:
         config = json.loads(read_file(best_dir, CONFIG_FILE))
     except (FileNotFoundError, OSError):
@@ -673,14 +673,14 @@ def write_report(run_dir: str) -> Path:
     Raises:
         FileNotFoundError: ``run_dir`` is not a run folder (no ``spec.yaml``).
     """
-    run_dir = str(run_dir) if _is_uri(str(run_dir)) else str(Path(run_dir).expanduser().resolve())
+    run_dir = str(run_dir) if is_uri(str(run_dir)) else str(Path(run_dir).expanduser().resolve())
     try:
         spec = ExperimentSpec.model_validate(_drop_none(yaml.safe_load(read_file(run_dir, SPEC_FILE))))
     except (FileNotFoundError, OSError):
         raise FileNotFoundError(f"{run_dir}: not a run folder (no {SPEC_FILE}); "
                                 f"pass the folder 'tuner tune' made, e.g. runs/<name>") from None
     log.info("writing the report of %s", run_dir)
-    out = Path(tempfile.mkdtemp(prefix="tuner-report-")) if _is_uri(run_dir) else Path(run_dir, REPORT_DIR)
+    out = Path(tempfile.mkdtemp(prefix="tuner-report-")) if is_uri(run_dir) else Path(run_dir, REPORT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.png"):  # figures of an earlier report that this one may not draw
         stale.unlink()
@@ -691,10 +691,10 @@ def write_report(run_dir: str) -> Path:
     page = _render(run_dir, spec, trials, best, out)
     (out / "index.html").write_text(page, encoding="utf-8")
 
-    if _is_uri(run_dir):
+    if is_uri(run_dir):
         for f in sorted(out.iterdir()):
-            _write(_join(run_dir, REPORT_DIR), f.name, f.read_bytes())
-        log.info("report: %s (local copy %s)", _join(run_dir, REPORT_DIR, "index.html"), out / "index.html")
+            write(join(run_dir, REPORT_DIR), f.name, f.read_bytes())
+        log.info("report: %s (local copy %s)", join(run_dir, REPORT_DIR, "index.html"), out / "index.html")
     else:
         log.info("report: %s", out / "index.html")
     return out / "index.html"
@@ -777,7 +777,7 @@ def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best
             row = [_td(k), _td(v, False), f'<td><span class="tag {source}">{source}</span></td>']
             (defaults if source == "default" else chosen).append((source != "searched", row))
         chosen.sort(key=lambda r: r[0])  # searched first
-        best_dir = _join(run_dir, "best")
+        best_dir = join(run_dir, "best")
         body = ('<div class="cols">'
                 + _table(["set by the spec", "value", "from"], [r for _, r in chosen])
                 + _table(["left at its default", "value", "from"], [r for _, r in defaults])

@@ -25,15 +25,12 @@ from tuner.data import Splits, load_dataset
 from tuner.model import build_model
 from tuner.noise import Noise
 from tuner.spec import ExperimentSpec, TrialConfig
+from tuner.storage import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, STATE_FILE, absolute, exists,
+                           join, write)
 from tuner.train import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, fit, psnr_per_image
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"  # a trial checkpoint: tuner.train.Trainer.state_dict()
-MODEL_FILE = "model.pt"  # an exported model: the state_dict of tuner.model.DenoisingAutoencoder
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-SPEC_FILE = "spec.yaml"
 
 
 class SearchError(Exception):
@@ -128,12 +125,12 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 
     # Trials of a few seconds checkpoint often by design; Ray's hint about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    storage = _absolute(storage)
-    run_dir = _join(storage, spec.name)
-    exists = _exists(_join(run_dir, "tuner.pkl"))
-    if resume and not exists:
+    storage = absolute(storage)
+    run_dir = join(storage, spec.name)
+    started = exists(join(run_dir, "tuner.pkl"))
+    if resume and not started:
         raise SearchError(f"nothing to resume at {run_dir}; run without --resume to start it")
-    if not resume and exists:
+    if not resume and started:
         raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
                           f"add --resume to continue it, or pick another --name")
     data = load_dataset(**_dataset_kwargs(spec))
@@ -151,7 +148,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     else:
         log.info("starting search %s: %d trials, up to %d epochs each, in %s",
                  spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
-        _write(run_dir, SPEC_FILE, spec.to_yaml())
+        write(run_dir, SPEC_FILE, spec.to_yaml())
         b = spec.budget
         # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
         # would never get past that, so a third of the budget is random and the rest is TPE.
@@ -224,7 +221,7 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
         "dataset": spec.dataset.model_dump(mode="json"),
         "eval_noise": spec.eval_noise.model_dump(mode="json"),
     }
-    best_dir = _join(run_dir, "best")
+    best_dir = join(run_dir, "best")
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
         files = {MODEL_FILE: (Path(tmp) / MODEL_FILE).read_bytes(),
@@ -232,7 +229,7 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
                  METRICS_FILE: json.dumps(metrics, indent=2),
                  "README.md": _model_readme(config, metrics)}
     for name, content in files.items():
-        _write(best_dir, name, content)
+        write(best_dir, name, content)
     log.info("best model: %s", best_dir)
     return best_dir, trial.to_dict(), metrics
 
@@ -270,51 +267,3 @@ def _init_ray(address: Optional[str]) -> None:
         # Prometheus endpoint (0.0.0.0, no auth) is not started.
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
         ray.init(address="local", dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=True)
-
-
-# ---------------------------------------------------------------- storage: local paths or URIs
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _absolute(storage: str) -> str:
-    return storage if _is_uri(storage) else str(Path(storage).expanduser().resolve())
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if _is_uri(base) else str(Path(base, *parts))
-
-
-def _exists(path: str) -> bool:
-    if not _is_uri(path):
-        return Path(path).exists()
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound
-
-
-def _write(folder: str, name: str, content: str | bytes) -> None:
-    data = content.encode() if isinstance(content, str) else content
-    if not _is_uri(folder):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        Path(folder, name).write_bytes(data)
-        return
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(_join(folder, name))
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(data)
-
-
-def read_file(folder: str, name: str) -> bytes:
-    """Read ``folder/name`` from a local path or a URI."""
-    if not _is_uri(folder):
-        return Path(folder, name).read_bytes()
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(_join(folder, name))
-    with fs.open_input_stream(p) as f:
-        return f.read()
