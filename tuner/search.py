@@ -163,6 +163,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs,
                                         grace_period=b.grace_period, reduction_factor=b.reduction_factor),
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                # A trial of a few seconds would otherwise pay for a fresh worker process and a
+                # torch import each (benchmarks/bench_orchestration.py measured ~8 core-seconds).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=storage, verbose=verbose,
