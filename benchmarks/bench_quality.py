@@ -140,6 +140,13 @@ def classical(val: EvalSet, test: EvalSet, bm3d_images: int) -> dict[str, Score]
 
 
 # --------------------------------------------------------------------------- tuner's model
+def tuner_denoise(model, noisy: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """(N, C, H, W) noisy -> denoised with an exported tuner model (eval mode, sigmoid of its logits)."""
+    from tuner.denoise import denoise as tuner_denoise_batch
+
+    return tuner_denoise_batch(model.eval(), noisy, batch_size)
+
+
 def load_tuner_model(path: Path, shape: tuple[int, int, int]) -> tuple[torch.nn.Module, dict]:
     """Load ``tuner tune``'s exported ``best/`` folder (``model.pt`` + ``config.json``).
 
@@ -281,7 +288,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if tuner is not None:
             model, config = tuner
             name = f"tuner best ({args.tuner_model})"
-            results.setdefault(name, {})[key] = score(denoise(model, test.noisy), test, "exported model")
+            # tuner's models output logits: model.denoise applies the sigmoid (seed models end in one)
+            results.setdefault(name, {})[key] = score(tuner_denoise(model, test.noisy), test, "exported model")
         for s in (SEEDS[k] for k in args.seeds):
             trained = train_seed(s, data, noise, epochs=s.budget(args.full, args.epochs), val=val)
             name = f"seed {s.key}: {s.title}"
