@@ -675,7 +675,7 @@ def write_report(run_dir: str) -> Path:
     """
     run_dir = str(run_dir) if is_uri(str(run_dir)) else str(Path(run_dir).expanduser().resolve())
     try:
-        spec = ExperimentSpec.model_validate(_drop_none(yaml.safe_load(read_file(run_dir, SPEC_FILE))))
+        spec = ExperimentSpec.model_validate(yaml.safe_load(read_file(run_dir, SPEC_FILE)))
     except (FileNotFoundError, OSError):
         raise FileNotFoundError(f"{run_dir}: not a run folder (no {SPEC_FILE}); "
                                 f"pass the folder 'tuner tune' made, e.g. runs/<name>") from None
@@ -698,14 +698,6 @@ def write_report(run_dir: str) -> Path:
     else:
         log.info("report: %s", out / "index.html")
     return out / "index.html"
-
-
-def _drop_none(data: Any) -> Any:
-    """A spec dump without its None fields: every optional field defaults to None, and a search
-    distribution must name exactly one kind (``{choice: [..]}``, not ``{choice: [..], int: null}``)."""
-    if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
-    return data
 
 
 def _render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best: Optional[BestModel],

@@ -133,7 +133,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if not resume and started:
         raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
                           f"add --resume to continue it, or pick another --name")
-    data = load_dataset(**_dataset_kwargs(spec))
+    data = load_dataset(**spec.dataset.model_dump())
     _init_ray(address)
 
     eval_noise = spec.eval_noise.model_dump()
@@ -249,10 +249,6 @@ def _model_readme(config: dict, metrics: dict) -> str:
             f"`config.json` (hyperparameters under `trial`), `metrics.json`.\n\n"
             f"Use: `tuner denoise --model <this folder> IMAGES... --out DIR`, or "
             f"`tuner.load_model(<this folder>)` in Python.\n")
-
-
-def _dataset_kwargs(spec: ExperimentSpec) -> dict[str, Any]:
-    return spec.dataset.model_dump()
 
 
 def _init_ray(address: Optional[str]) -> None:

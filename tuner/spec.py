@@ -164,7 +164,9 @@ class Distribution(_Section):
     @model_validator(mode="before")
     @classmethod
     def _one(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or len(data) != 1 or next(iter(data.values())) is None:
+        if isinstance(data, dict):  # an unset kind (a model_dump's None) is the same as an absent one
+            data = {k: v for k, v in data.items() if v is not None}
+        if not isinstance(data, dict) or len(data) != 1:
             raise ValueError(f"must be one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}")
         return data
 
