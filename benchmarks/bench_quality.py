@@ -195,6 +195,12 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[:200]}"
 
 
+def _shown(folder: Path) -> Path:
+    """A model folder as the docs show it: relative to the working directory when under it."""
+    folder = Path(folder)
+    return folder.resolve().relative_to(Path.cwd()) if folder.resolve().is_relative_to(Path.cwd()) else folder
+
+
 def noise_key(config: dict) -> Optional[str]:
     """The NOISES column an exported model was searched for (its ``eval_noise``), or None."""
     ev = config.get("eval_noise") or {}
@@ -243,7 +249,8 @@ def report(results: dict[str, dict[str, Score]], noisy: dict[str, Score], args, 
     params = []
     for name, by_noise in results.items():
         params.append([name, *[by_noise[k].param for k in NOISES],
-                       " / ".join(f"{by_noise[k].seconds:.0f}" for k in NOISES)])
+                       " / ".join("-" if by_noise[k].seconds != by_noise[k].seconds else f"{by_noise[k].seconds:.0f}"
+                                  for k in NOISES)])  # NaN: a model passed in, not trained here
     n_test = noisy[next(iter(NOISES))].n
     bm3d_n = results["BM3D"][next(iter(NOISES))].n
     body = [
@@ -362,8 +369,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         if tuners:
             folder, model, _ = tuners[key]
             # tuner's models output logits: model.denoise applies the sigmoid (seed models end in one)
-            results.setdefault(TUNER_ROW, {})[key] = score(tuner_denoise(model, test.noisy), test, f"`{folder}`",
-                                                           search_seconds.get(key, 0.0))
+            results.setdefault(TUNER_ROW, {})[key] = score(tuner_denoise(model, test.noisy), test, f"`{_shown(folder)}`",
+                                                           search_seconds.get(key, float("nan")))
         for s in (SEEDS[k] for k in args.seeds):
             trained = train_seed(s, data, noise, epochs=s.budget(args.full, args.epochs), val=val)
             name = f"seed {s.key}: {s.title}"
@@ -383,7 +390,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             leak = ("" if ds.get("name", "mnist5k") == "mnist5k" and ds.get("split_seed", 0) == 0
                     else f" Caution: searched on {ds.get('name')} split_seed {ds.get('split_seed')}, so this test "
                          f"split may overlap its training data.")
-            lines.append(f"- {key}: `{folder}`, trial config `{json.dumps(config.get('trial'))}`.{leak}")
+            lines.append(f"- {key}: `{_shown(folder)}`, trial config `{json.dumps(config.get('trial'))}`.{leak}")
         how = ("`search_spaces/quickstart.yaml` run once per noise (`--tune`, or `tuner tune` and `--tuner-model`), "
                "its evaluation noise set to the column's and its training-noise range to 0.6x-1.2x the level, as "
                "quickstart's 0.3-0.6 is of 0.5; the seconds column is the whole search where this script ran it")
