@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, describe_machine, table, write_section  # noqa: E402
 from seed_models import SEEDS, denoise, train_seed  # noqa: E402
 from tuner.data import Splits, load_dataset  # noqa: E402
+from tuner.denoise import denoise as denoise_with_tuner  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
 from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image, ssim  # noqa: E402
 
@@ -149,50 +150,26 @@ def classical(val: EvalSet, test: EvalSet, bm3d_images: int) -> dict[str, Score]
 
 
 # --------------------------------------------------------------------------- tuner's model
-def tuner_denoise(model, noisy: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """(N, C, H, W) noisy -> denoised with an exported tuner model (eval mode, sigmoid of its logits)."""
-    from tuner.denoise import denoise as tuner_denoise_batch
-
-    return tuner_denoise_batch(model.eval(), noisy, batch_size)
-
-
 def load_tuner_model(path: Path, shape: tuple[int, int, int]) -> tuple[torch.nn.Module, dict]:
-    """Load ``tuner tune``'s exported ``best/`` folder (``model.pt`` + ``config.json``).
+    """Load ``tuner tune``'s exported ``best/`` folder with :func:`tuner.load_model`.
 
     Returns:
         (model in eval mode, config.json contents).
 
     Raises:
-        SystemExit: with a one-line message when the folder is not a usable export.
+        SystemExit: with a one-line message when the folder is not a usable export for mnist5k.
     """
-    from tuner.model import build_model
-    from tuner.spec import TrialConfig
+    from tuner.denoise import load_model
 
-    config_file, model_file = path / "config.json", path / "model.pt"
-    for f in (config_file, model_file):
-        if not f.is_file():
-            raise SystemExit(f"--tuner-model {path}: no {f.name} (expected the best/ folder `tuner tune` exports)")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        trial = TrialConfig(**config["trial"])
-        c, h, w = (int(v) for v in config.get("image_shape", shape))
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"--tuner-model {config_file}: not a tuner model config ({_one_line(e)})")
+        model = load_model(path)
+    except ValueError as e:
+        raise SystemExit(f"--tuner-model {e}")
+    c, h, w = model.config["image_shape"]
     if (c, h, w) != tuple(shape):
         raise SystemExit(f"--tuner-model {path}: model is for {c}x{h}x{w} images, mnist5k is "
                          f"{'x'.join(map(str, shape))}")
-    model = build_model(trial, c, h, w)
-    try:
-        model.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, ValueError) as e:
-        raise SystemExit(f"--tuner-model {model_file}: does not load into its config's model ({_one_line(e)})")
-    return model.eval(), config
-
-
-def _one_line(e: Exception) -> str:
-    """An exception's first lines (pydantic and load_state_dict spread theirs over several), as one."""
-    text = " ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
-    return f"{type(e).__name__}: {text[:200]}"
+    return model, model.config
 
 
 def _shown(folder: Path) -> Path:
@@ -368,9 +345,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"{key}: noisy input {noisy[key].psnr:.2f} dB", flush=True)
         if tuners:
             folder, model, _ = tuners[key]
-            # tuner's models output logits: model.denoise applies the sigmoid (seed models end in one)
-            results.setdefault(TUNER_ROW, {})[key] = score(tuner_denoise(model, test.noisy), test, f"`{_shown(folder)}`",
-                                                           search_seconds.get(key, float("nan")))
+            # tuner's models output logits: tuner's denoise applies the sigmoid (seed models end in one)
+            results.setdefault(TUNER_ROW, {})[key] = score(denoise_with_tuner(model, test.noisy, 500), test,
+                                                           f"`{_shown(folder)}`", search_seconds.get(key, float("nan")))
         for s in (SEEDS[k] for k in args.seeds):
             trained = train_seed(s, data, noise, epochs=s.budget(args.full, args.epochs), val=val)
             name = f"seed {s.key}: {s.title}"
