@@ -111,3 +111,55 @@ def test_batch_norm_and_dropout_follow_the_config():
     assert count(plain, torch.nn.BatchNorm2d) == 0 and count(plain, torch.nn.Dropout2d) == 0
     full = build_model(config(depth=2, batch_norm=True, dropout=0.3), 1, 28, 28)
     assert count(full, torch.nn.BatchNorm2d) > 0 and count(full, torch.nn.Dropout2d) > 0
+
+
+# ---------------------------------------------------------------- what experts use (issue 11)
+
+@pytest.mark.parametrize("c, h, w", [(1, 13, 17), (3, 21, 9), (3, 28, 28)], ids=lambda v: str(v))
+@pytest.mark.parametrize("convs_per_stage", [1, 2])
+@pytest.mark.parametrize("residual", [False, True], ids=["direct", "residual"])
+def test_unet_stages_and_residual_keep_the_image_shape(c, h, w, convs_per_stage, residual):
+    cfg = config(depth=2, skip=True, convs_per_stage=convs_per_stage, residual=residual)
+    model = build_model(cfg, c, h, w)
+    x = torch.rand(2, c, h, w)  # (B, C, H, W): odd sizes are padded, then cropped
+    assert model(x).shape == x.shape
+    out = model.denoise(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+             and m.stride == (1, 1)]
+    assert len(convs) == convs_per_stage * (2 * 2 + 2)  # encoder and decoder stages, bottleneck in and out
+
+
+def test_residual_model_removes_a_predicted_corruption_in_logit_space():
+    torch.manual_seed(0)
+    model = build_model(config(depth=1, residual=True), 1, 8, 8)
+    x = torch.rand(4, 1, 8, 8)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0.0, 1.0  # saturated pixels: the logit of the input stays finite
+    logits = model(x)
+    assert torch.isfinite(logits).all()
+    corruption = torch.logit(x.clamp(1e-3, 1 - 1e-3)) - logits
+    assert torch.allclose(corruption, model.net(x), atol=1e-5)  # the network predicts what is removed
+    # Whatever the network predicts, the output image stays in [0, 1].
+    for p in model.net.parameters():
+        p.data.mul_(1000.0)
+    out = model.denoise(x)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_a_zero_residual_returns_the_input():
+    model = build_model(config(depth=1, residual=True), 1, 8, 8)
+    for p in model.net.head.parameters():
+        torch.nn.init.zeros_(p)  # the network predicts no corruption at all
+    x = torch.rand(2, 1, 8, 8).clamp(0.01, 0.99)
+    assert torch.allclose(model.denoise(x), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(arch="dense", convs_per_stage=2), "needs arch conv"),
+    (dict(lr_schedule="cosine", plateau_patience=2), "use one or the other"),
+    (dict(lr_schedule="warmup"), "lr_schedule"),
+    (dict(convs_per_stage=3), "convs_per_stage"),
+])
+def test_invalid_combinations_are_refused(overrides, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        config(**overrides)

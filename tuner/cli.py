@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
                    "'ray up'; default: start a local Ray")
     t.add_argument("--seed", type=int, help="searcher and trial seed (overrides the spec's seed)")
+    t.add_argument("--study-storage", metavar="URL",
+                   help="SQLAlchemy URL of the database holding the Optuna study, e.g. "
+                        "postgresql://user:pass@head/optuna (overrides study_storage); "
+                        "default sqlite:///STORAGE/NAME/study.db")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run STORAGE/NAME")
     t.add_argument("--no-report", action="store_true", help="skip writing the HTML report at the end")
 
@@ -98,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as e:  # errors we raise for the user carry a one-line message
         from tuner.search import SearchError
+        from tuner.study import StudyError
 
-        if isinstance(e, SearchError):
+        if isinstance(e, (SearchError, StudyError)):
             sys.stderr.write(f"tuner: error: {' '.join(str(e).split())}\n")
             return EXIT_BAD_INPUT
         raise
@@ -112,7 +117,7 @@ def _tune(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec).with_overrides(
         name=args.name, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, study_storage=args.study_storage)
     result = run_search(spec, storage=args.storage, address=args.address, resume=args.resume,
                         verbose=0 if args.quiet else 1)
     if not args.no_report:

@@ -4,7 +4,9 @@
 each halving the resolution and doubling the channels from ``width``; a bottleneck of
 ``latent_dim`` channels (``bottleneck: conv``) or a dense ``latent_dim`` vector as in seed 001
 (``bottleneck: dense``); optional batch norm (seed 004), dropout (seed 001) and U-Net skip
-connections (Ronneberger et al. 2015, suggested by seed 004).
+connections (Ronneberger et al. 2015, suggested by seed 004). ``convs_per_stage: 2`` gives each
+resolution level two 3x3 convs, as U-Nets do; ``residual`` makes the network predict the
+corruption instead of the image (DnCNN, Zhang et al. 2017), see :class:`DenoisingAutoencoder`.
 
 ``arch: dense`` is the fully connected autoencoder of seed 003: image -> ``latent_dim`` ->
 image, with ``depth - 1`` hidden layers of geometrically shrinking size in between.
@@ -49,13 +51,15 @@ def check_model(config, channels: int, height: int, width: int) -> None:
 
 
 class _Stage(nn.Sequential):
-    """conv3x3 -> [batch norm] -> ReLU -> [dropout]: one resolution level."""
+    """(conv3x3 -> [batch norm] -> ReLU) x convs -> [dropout]: one resolution level."""
 
-    def __init__(self, c_in: int, c_out: int, batch_norm: bool, dropout: float):
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(c_out))
-        layers.append(nn.ReLU(inplace=True))
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool, dropout: float, convs: int = 1):
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers.append(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         super().__init__(*layers)
@@ -67,12 +71,12 @@ class ConvAutoencoder(nn.Module):
         self.depth, self.skip = config.depth, config.skip
         self.multiple = 2 ** config.depth  # inputs are padded to a multiple of this, then cropped
         widths = [config.width * 2 ** i for i in range(config.depth)]
-        bn, p = config.batch_norm, config.dropout
+        bn, p, n = config.batch_norm, config.dropout, config.convs_per_stage
         self.down = nn.ModuleList()
         c = channels
         for w in widths:  # encoder: stage, then stride-2 conv halves the resolution (seed 004)
             self.down.append(nn.ModuleDict({
-                "stage": _Stage(c, w, bn, 0.0),
+                "stage": _Stage(c, w, bn, 0.0, n),
                 "pool": nn.Conv2d(w, w, 3, stride=2, padding=1),
             }))
             c = w
@@ -84,13 +88,13 @@ class ConvAutoencoder(nn.Module):
             self.from_code = nn.Linear(config.latent_dim, c * h * w_)
             self.code_dropout = nn.Dropout(p)
         else:
-            self.to_code = _Stage(c, config.latent_dim, bn, 0.0)
-            self.from_code = _Stage(config.latent_dim, c, bn, p)
+            self.to_code = _Stage(c, config.latent_dim, bn, 0.0, n)
+            self.from_code = _Stage(config.latent_dim, c, bn, p, n)
         self.up = nn.ModuleList()
         for w in reversed(widths):  # decoder: transposed conv doubles the resolution (seed 004)
             self.up.append(nn.ModuleDict({
                 "unpool": nn.ConvTranspose2d(c, w, 2, stride=2),
-                "stage": _Stage(2 * w if self.skip else w, w, bn, p),
+                "stage": _Stage(2 * w if self.skip else w, w, bn, p, n),
             }))
             c = w
         self.head = nn.Conv2d(c, channels, 1)
@@ -163,8 +167,21 @@ class DenseAutoencoder(nn.Module):
         return self.decoder(self.latent(x)).view(-1, *self.shape)
 
 
+RESIDUAL_EPS = 1e-3  # the residual model's input is clamped to [eps, 1 - eps] before its logit (+-6.9)
+
+
 class DenoisingAutoencoder(nn.Module):
-    """The model the search trains and exports: logits out, ``denoise`` for images."""
+    """The model the search trains and exports: logits out, ``denoise`` for images.
+
+    With ``residual``, the network predicts the corruption rather than the image, as DnCNN does
+    (Zhang et al. 2017, "Beyond a Gaussian Denoiser"), but in logit space so that the output
+    stays a logit: ``logits = logit(clamp(x, eps, 1 - eps)) - net(x)``. The output image
+    ``sigmoid(logits)`` is then always in (0, 1) with no clipping (which would stop gradients
+    on the many saturated pixels of digits), ``bce`` still trains on logits, and an untrained
+    network starts at the identity (the noisy input). Impulse noise, a few pixels replaced by
+    arbitrary values, needs large corrections on those pixels only: unbounded logit-space
+    residuals allow exactly that.
+    """
 
     def __init__(self, config, channels: int, height: int, width: int):
         super().__init__()
@@ -172,16 +189,19 @@ class DenoisingAutoencoder(nn.Module):
         cls = ConvAutoencoder if config.arch == "conv" else DenseAutoencoder
         self.net = cls(config, channels, height, width)
         self.channels = channels
+        self.residual = config.residual
         self.fixed_size = self.net.fixed_size  # None: any image size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) noisy images in [0, 1] -> (B, C, H, W) logits of the clean images."""
+        if self.residual:
+            return torch.logit(x.clamp(RESIDUAL_EPS, 1 - RESIDUAL_EPS)) - self.net(x)  # the corruption, removed
         return self.net(x)
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) noisy images in [0, 1] -> (B, C, H, W) denoised images in [0, 1]."""
-        return torch.sigmoid(self.net(x))
+        return torch.sigmoid(self(x))
 
     @torch.no_grad()
     def latent(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,12 +116,11 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     Raises:
         SearchError: nothing to resume, a run of that name exists already, or no trial succeeded.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-    import optuna
+
+    from tuner import study
 
     # Trials of a few seconds checkpoint often by design; Ray's hint about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -133,6 +132,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if not resume and started:
         raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
                           f"add --resume to continue it, or pick another --name")
+    if not resume:  # a resumed search reopens the study its searcher saved
+        study_storage = _open_study(spec, run_dir)
     data = load_dataset(**spec.dataset.model_dump())
     _init_ray(address)
 
@@ -150,10 +151,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                  spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         b = spec.budget
-        # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
-        # would never get past that, so a third of the budget is random and the rest is TPE.
-        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, b.num_samples // 3)))
-        searcher = OptunaSearch(metric=METRIC, mode=MODE, sampler=sampler)
+        searcher = study.StudySearch(max_epochs=b.max_epochs, metric=METRIC, mode=MODE, sampler=make_sampler(spec),
+                                     storage=study_storage, study_name=spec.name)
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
@@ -179,6 +178,40 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
+
+
+def make_sampler(spec: ExperimentSpec):
+    """Optuna's TPE sampler as the spec's ``searcher`` section sets it, seeded by the spec."""
+    import optuna
+
+    s, n = spec.searcher, spec.budget.num_samples
+    # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
+    # would never get past that, so by default a third of the budget is random and the rest is TPE.
+    startup = s.n_startup_trials if s.n_startup_trials is not None else max(2, min(10, n // 3))
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup,
+                                      constant_liar=s.constant_liar, multivariate=s.multivariate)
+
+
+def _open_study(spec: ExperimentSpec, run_dir: str):
+    """Create the run's Optuna study (before Ray starts, so a bad storage is a one-line error) and
+    queue the spec's ``start_from`` configurations; returns the storage the searcher writes to."""
+    import optuna
+
+    from tuner import study
+
+    url = spec.study_storage or study.default_storage_url(run_dir)
+    if url is None:
+        log.warning("the Optuna study of a run in %s is kept only in the run's searcher state; "
+                    "give --study-storage URL to keep it in a database", run_dir)
+        storage = optuna.storages.InMemoryStorage()
+    else:
+        storage = study.open_storage(url)
+        log.info("Optuna study %r in %s", spec.name, url)
+    study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
+    loaded = optuna.load_study(study_name=spec.name, storage=storage)
+    for point in spec.start_from:  # what Ray's points_to_evaluate does; partial ones are completed by TPE
+        loaded.enqueue_trial(point)
+    return storage
 
 
 def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tuple[str, dict, dict]:

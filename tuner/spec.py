@@ -11,6 +11,7 @@ and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -42,6 +43,8 @@ class TrialConfig:
     dropout: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0  # decoder dropout
     batch_norm: bool = True  # batch norm after each conv (seed 004)
     skip: bool = False  # U-Net skip connections (conv arch)
+    convs_per_stage: Literal[1, 2] = 1  # 3x3 convs per resolution level (conv arch); 2 as in a U-Net
+    residual: bool = False  # predict the corruption and subtract it, in logit space (DnCNN; tuner.model)
     # --- training noise (tuner.noise); evaluation noise is fixed by the experiment ---
     noise_kind: NoiseKind = "gaussian"  # gaussian | impulse | mask
     noise_level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5  # std, or pixel fraction
@@ -52,7 +55,8 @@ class TrialConfig:
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
     momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.9  # sgd and rmsprop only
     nesterov: bool = False  # sgd only
-    plateau_patience: Annotated[int, Field(ge=0, le=1000)] = 0  # >0: ReduceLROnPlateau x0.2 (seed 001)
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # per batch over max_epochs (tuner.train)
+    plateau_patience: Annotated[int, Field(ge=0, le=1000)] = 0  # >0: ReduceLROnPlateau x0.2 (seed 001); constant only
     loss: Literal["mse", "bce", "l1"] = "mse"  # training loss; selection is always val_psnr
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
     max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t)
@@ -63,6 +67,11 @@ class TrialConfig:
         # Noise checks kind, level and level_max together: fail at load time, not in a trial.
         if self.noise_level_max is not None and self.noise_level_max < self.noise_level:
             raise ValueError(f"noise_level_max {self.noise_level_max} < noise_level {self.noise_level}")
+        if self.arch != "conv" and self.convs_per_stage != 1:
+            raise ValueError(f"convs_per_stage {self.convs_per_stage} needs arch conv (a dense model has no conv stages)")
+        if self.plateau_patience > 0 and self.lr_schedule != "constant":
+            raise ValueError(f"plateau_patience {self.plateau_patience} reduces a constant learning rate; "
+                             f"lr_schedule {self.lr_schedule} sets it already (use one or the other)")
         if self.noise_kind != "gaussian" and max(self.noise_level, self.noise_level_max or 0.0) > 1:
             raise ValueError(f"noise_kind {self.noise_kind} hits a fraction of pixels: "
                              f"noise_level and noise_level_max must be <= 1")
@@ -76,6 +85,8 @@ class TrialConfig:
 
 
 HYPERPARAMETERS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
+# Pairs of fields that TrialConfig checks together: searched together, every combination must be valid.
+_COUPLED = ("arch", "convs_per_stage", "lr_schedule", "plateau_patience")
 # Set by the experiment, not by fixed/search: one seed and one epoch budget per search.
 _FROM_EXPERIMENT = ("max_epochs", "seed")
 
@@ -147,6 +158,14 @@ class ResourcesSpec(_Section):
     gpus_per_trial: Annotated[float, Field(ge=0.0, le=64)] = 0.0  # fractions pack trials on a GPU
 
 
+class SearcherSpec(_Section):
+    """Optuna's TPE sampler (``optuna.samplers.TPESampler``), by its own argument names."""
+
+    n_startup_trials: Optional[Annotated[int, Field(ge=0, le=100000)]] = None  # random trials first; default a third of the budget, 2..10
+    constant_liar: bool = True  # running trials count as poor, so parallel trials spread out (Optuna's advice)
+    multivariate: bool = True  # model the hyperparameters jointly, not one at a time
+
+
 StrictInt = Annotated[int, Field(strict=True)]  # a YAML 1.5 is not an integer bound
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "logint")
 
@@ -198,6 +217,20 @@ class Distribution(_Section):
         """Values that bound what this distribution can produce (for validation)."""
         return list(self.value) if self.kind == "choice" else [self.value[0], self.value[1]]
 
+    def contains(self, value: Any) -> bool:
+        """Whether this distribution can draw ``value`` (a ``start_from`` entry's)."""
+        if self.kind == "choice":
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind in ("int", "logint") and not isinstance(value, int):
+            return False
+        lo, hi = self.value
+        return lo <= value <= hi
+
+    def describe(self) -> str:
+        return f"{{{self.kind}: {list(self.value)}}}"
+
     def to_tune(self):
         """The Ray Tune search-space domain."""
         from ray import tune
@@ -223,8 +256,11 @@ class ExperimentSpec(_Section):
     eval_noise: NoiseSpec = NoiseSpec()  # every trial is scored on val/test images corrupted by this
     budget: BudgetSpec = BudgetSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    searcher: SearcherSpec = SearcherSpec()  # how TPE proposes trials
+    study_storage: Optional[str] = None  # SQLAlchemy URL of the Optuna study; default sqlite:///<run>/study.db
     fixed: dict[str, Any] = {}  # hyperparameters held constant (TrialConfig fields)
     search: dict[str, Distribution] = {}  # hyperparameters searched
+    start_from: list[dict[str, Any]] = []  # known-good (partial) configurations, tried first, in order
 
     @property
     def image_shape(self) -> Optional[tuple[int, int, int]]:
@@ -286,6 +322,20 @@ def _check_hyperparameters(spec: ExperimentSpec) -> None:
     for key, dist in spec.search.items():
         for v in dist.extremes():
             _trial({**base, key: v}, f"search.{key}")
+    # Fields that constrain each other (TrialConfig.__post_init__): every combination the search
+    # can draw must be valid, or a trial would fail mid-search.
+    together = [k for k in _COUPLED if k in spec.search]
+    if len(together) > 1:
+        for values in itertools.product(*(spec.search[k].extremes() for k in together)):
+            combo = dict(zip(together, values))
+            try:
+                TrialConfig(**{**base, **combo})
+            except (ValidationError, ValueError) as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(e, ValidationError) else str(e)
+                raise ValueError(f"search: {', '.join(f'{k}={v}' for k, v in combo.items())} can be drawn "
+                                 f"together but is invalid ({msg}); fix one of them") from None
+    for i, point in enumerate(spec.start_from):
+        _check_start(spec, i, point, base)
     shape = spec.image_shape
     if shape and shape[0] in (0, 1, 3):
         c = shape[0] or 1
@@ -298,6 +348,21 @@ def _check_hyperparameters(spec: ExperimentSpec) -> None:
                 check_model(cfg, c, shape[1], shape[2])
             except ValueError as e:
                 raise ValueError(f"{where}: {e} (dataset {spec.dataset.name})") from None
+
+
+def _check_start(spec: ExperimentSpec, i: int, point: dict[str, Any], base: dict[str, Any]) -> None:
+    """A ``start_from`` entry names searched hyperparameters only, each with a value its distribution can draw."""
+    where = f"start_from[{i}]"
+    if not point:
+        raise ValueError(f"{where}: empty; give some searched hyperparameters and their values")
+    for key, value in point.items():
+        if key not in spec.search:
+            why = f"fixed to {spec.fixed[key]!r}" if key in spec.fixed else "not searched"
+            raise ValueError(f"{where}.{key}: {why}; start_from sets searched hyperparameters only: "
+                             f"{', '.join(spec.search) or '(none)'}")
+        if not spec.search[key].contains(value):
+            raise ValueError(f"{where}.{key}: {value!r} is outside the search space {spec.search[key].describe()}")
+    _trial({**base, **point}, where)
 
 
 def _trial(config: dict[str, Any], where: str) -> TrialConfig:

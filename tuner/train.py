@@ -127,6 +127,40 @@ def loss_fn(logits: torch.Tensor, clean: torch.Tensor, loss: str) -> torch.Tenso
     return F.mse_loss(out, clean) if loss == "mse" else F.l1_loss(out, clean)
 
 
+WARMUP_SHARE = 0.05  # cosine: linear warm-up over this share of the steps (Goyal et al. 2017, Loshchilov & Hutter 2017)
+ONECYCLE_PCT_START = 0.25  # onecycle: share of the steps spent rising to lr (Smith & Topin 2019)
+
+
+def make_scheduler(config: TrialConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """The learning-rate schedule named by ``config.lr_schedule``.
+
+    ``cosine`` and ``onecycle`` step every batch and span the trial's ``max_epochs``: a trial
+    ASHA stops early is stopped mid-schedule, as it would be by hand. ``constant`` with
+    ``plateau_patience > 0`` is seed 001's ReduceLROnPlateau, stepped on ``val_psnr`` every epoch.
+
+    Returns:
+        (scheduler or None, whether it steps every batch).
+    """
+    if config.lr_schedule == "cosine":
+        warmup = max(1, round(WARMUP_SHARE * total_steps))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    if config.lr_schedule == "onecycle":
+        # Adam's beta1 cycles against the learning rate as in fastai; SGD's momentum is the user's.
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=ONECYCLE_PCT_START,
+            cycle_momentum=config.optimizer in ("adam", "adamw")), True
+    if config.plateau_patience > 0:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.2, patience=config.plateau_patience, min_lr=config.lr * 1e-3), False
+    return None, False
+
+
 def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
     """The given device, else CUDA when available, else CPU."""
     if device is not None:
@@ -156,9 +190,8 @@ class Trainer:
         c, h, w = data.shape
         self.model = build_model(config, c, h, w).to(self.device)
         self.optimizer = make_optimizer(config, self.model.parameters())
-        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=0.2, patience=config.plateau_patience,
-            min_lr=config.lr * 1e-3) if config.plateau_patience > 0 else None)
+        steps = math.ceil(len(data.train) / config.batch_size) * config.max_epochs
+        self.scheduler, self.per_batch = make_scheduler(config, self.optimizer, steps)
         self.train_images = _tensor(data.train).to(self.device)  # (N, C, H, W) uint8, shared, read-only
         self.val = EvalSet.make(data.val, eval_noise, eval_seed, self.device)
         self.order_gen = torch.Generator("cpu").manual_seed(config.seed)  # batch order
@@ -195,6 +228,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.per_batch:
+                self.scheduler.step()
             total += loss.detach() * len(clean)
         train_loss = float(total) / n  # one device sync per epoch
         train_seconds = time.perf_counter() - start
@@ -206,7 +241,7 @@ class Trainer:
             log.warning("trial diverged at epoch %d (train_loss=%s)", self.epoch, train_loss)
         else:
             metrics.update(val_psnr=scores["psnr"], val_mse=scores["mse"], val_ssim=scores["ssim"], diverged=0)
-            if self.scheduler is not None:
+            if self.scheduler is not None and not self.per_batch:
                 self.scheduler.step(scores["psnr"])
         self.best_psnr = max(self.best_psnr, metrics["val_psnr"])
         metrics.update(

@@ -1,0 +1,121 @@
+"""The search's Optuna study: the true state of every trial, in a real database, and warm starts.
+
+Real Ray Tune searches (search_spaces/tiny.yaml and a variant with ``start_from``), real Optuna
+RDB storage on SQLite, read back with ``optuna.load_study`` as a user's notebook would.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+import tuner
+from tuner.cli import main
+from tuner.spec import load_spec
+from tuner.study import STUDY_FILE
+from tuner.train import METRIC
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.yaml"
+
+
+def _study(run_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{run_dir / STUDY_FILE}")
+
+
+def _epochs(result) -> list[float]:
+    """A Tune trial's val_psnr, one per epoch, in epoch order."""
+    frame = result.metrics_dataframe.sort_values("epoch")
+    return list(frame[METRIC])
+
+
+def test_study_holds_every_trial_in_its_true_state(tiny_run):
+    """ASHA-stopped trials are PRUNED with their per-epoch values; trials run to the end are
+    COMPLETE with their best val_psnr; the study records the run folder and the spec."""
+    result, spec = tiny_run
+    run_dir = Path(result.run_dir)
+    study = _study(run_dir, spec.name)
+    assert study.user_attrs["run_dir"] == result.run_dir
+    assert yaml.safe_load(study.user_attrs["spec"])["name"] == spec.name
+    assert len(study.trials) == spec.budget.num_samples
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in study.trials}
+    states = set()
+    for r in result.results:
+        searched = {k: r.config[k] for k in spec.search}
+        t = by_params[json.dumps(searched, sort_keys=True)]  # Optuna suggested what ran
+        curve = _epochs(r)
+        assert [t.intermediate_values[e] for e in sorted(t.intermediate_values)] == pytest.approx(curve)
+        if len(curve) < spec.budget.max_epochs:  # stopped by ASHA at a rung
+            assert t.state == TrialState.PRUNED, (t.number, curve)
+            assert t.value == pytest.approx(curve[-1])  # Optuna's value of a pruned trial: its last
+        else:
+            assert t.state == TrialState.COMPLETE, (t.number, curve)
+            assert t.value == pytest.approx(max(curve))
+        states.add(t.state)
+    assert states == {TrialState.PRUNED, TrialState.COMPLETE}
+
+
+START_FROM = [
+    {"latent_dim": 16, "depth": 2, "lr": 0.004, "noise_level": 0.25, "loss": "bce"},
+    {"lr": 0.0002},  # partial: TPE draws the rest
+]
+
+
+def test_start_from_runs_first_with_exactly_the_given_values(tmp_path):
+    data = yaml.safe_load(TINY.read_text())
+    data.update(name="warm", start_from=START_FROM)
+    data["budget"].update(num_samples=3, max_epochs=2)
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = tuner.tune(load_spec(path), storage=str(tmp_path / "runs"), report=False, verbose=0)
+    study = _study(Path(result.run_dir), "warm")
+    first = sorted(study.trials, key=lambda t: t.number)[:2]
+    assert first[0].params == START_FROM[0]
+    assert first[1].params["lr"] == START_FROM[1]["lr"] and set(first[1].params) == set(data["search"])
+    ran = [r.config for r in result.results]
+    for point in START_FROM:  # Tune trained exactly those values
+        assert any(all(c[k] == v for k, v in point.items()) for c in ran), (point, ran)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ({"lrr": 0.01}, "start_from[0].lrr: not searched"),
+    ({"lr": 0.5}, "start_from[0].lr: 0.5 is outside the search space"),
+])
+def test_bad_start_from_is_one_line_before_ray_starts(tmp_path, entry, fragment):
+    data = yaml.safe_load(TINY.read_text())
+    data["start_from"] = [entry]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "tuner", "tune", str(path), "--storage", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize("make_url, fragment", [
+    (lambda tmp: "nosuchdb://x", "cannot open the study storage 'nosuchdb://x'"),
+    (lambda tmp: f"sqlite:///{tmp / 'text.db'}", "file is not a database"),
+    (lambda tmp: "postgresql://u:p@127.0.0.1:9/db", "cannot open the study storage"),
+], ids=["bad URL", "not a database", "unreachable server"])
+def test_bad_study_storage_is_one_line_exit_2(tmp_path, capsys, make_url, fragment):
+    (tmp_path / "text.db").write_text("this is not SQLite\n" * 100)
+    code = main(["tune", str(TINY), "--storage", str(tmp_path / "runs"), "--study-storage", make_url(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_study_name_taken_in_a_shared_database_is_refused(tiny_run, tmp_path, capsys):
+    result, spec = tiny_run
+    shared = f"sqlite:///{Path(result.run_dir) / STUDY_FILE}"  # holds the finished study 'tiny'
+    code = main(["tune", str(TINY), "--storage", str(tmp_path / "elsewhere"), "--study-storage", shared])
+    err = capsys.readouterr().err
+    assert code == 2 and "a study named 'tiny' exists" in err and "--resume" in err, err

@@ -1,0 +1,167 @@
+"""The Optuna study of a search: what its trials are told, and the database that keeps them.
+
+Ray Tune's stock ``OptunaSearch`` tells Optuna that a trial ASHA stopped at epoch 2 is
+``COMPLETE`` with its epoch-2 ``val_psnr`` (ray/tune/search/optuna/optuna_search.py,
+``on_trial_complete``). TPE then ranks 2-epoch scores against full-length ones and learns that
+fast starters are best. :class:`StudySearch` tells Optuna what native Optuna pruning would
+have recorded:
+
+- a trial stopped early by the scheduler is ``PRUNED``, with its per-epoch ``val_psnr`` as
+  intermediate values (TPE ranks pruned trials by how far they got, then by their last value);
+- a trial that ran to ``max_epochs`` is ``COMPLETE`` with its best ``val_psnr`` (the checkpoint
+  the search exports);
+- a trial that diverged is ``COMPLETE`` with the worst score, :data:`tuner.train.DIVERGED_PSNR`;
+- a trial that errored is ``FAIL``.
+
+The study lives in a database through Optuna's own RDB storage (SQLAlchemy): by default the
+SQLite file ``<run>/study.db``, or any URL given with ``--study-storage`` (PostgreSQL on a
+cluster's head, say), one study per run, named after it. Only the driver writes to it: the
+searcher runs there. ``optuna-dashboard``, the ``optuna`` CLI and ``optuna.load_study`` read it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
+
+from tuner.storage import is_uri
+from tuner.train import DIVERGED_PSNR, METRIC
+
+log = logging.getLogger(__name__)
+
+STUDY_FILE = "study.db"  # the default database, in the run folder
+
+
+class StudyError(Exception):
+    """The study's database cannot be used; the message is one line for the user."""
+
+
+def default_storage_url(run_dir: str) -> Optional[str]:
+    """``sqlite:///<run_dir>/study.db`` for a local run folder; None for a URI (no SQLite there)."""
+    if is_uri(run_dir):
+        return None
+    return f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open (and create the tables of) an Optuna RDB storage.
+
+    Raises:
+        StudyError: a bad URL, an unreachable server, or a file that is not a database.
+    """
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # SQLite: wait for a reader (optuna-dashboard) rather than fail on a locked file.
+        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:  # SQLAlchemy's and the drivers' errors have no common base worth naming
+        reason = " ".join(str(e).split("\n")[0].split())[:200]
+        raise StudyError(f"cannot open the study storage {url!r}: {type(e).__name__}: {reason} "
+                         f"(expected an SQLAlchemy URL such as sqlite:///runs/NAME/study.db or "
+                         f"postgresql://user:pass@host/db)") from None
+
+
+def study_exists(storage: optuna.storages.RDBStorage, name: str) -> bool:
+    return any(s.study_name == name for s in storage.get_all_studies())
+
+
+def create_study(storage: optuna.storages.RDBStorage, name: str, user_attrs: dict[str, Any]) -> None:
+    """Create the run's study, refusing a name a shared database already holds (an empty study,
+    left by a search that stopped before its first trial, is replaced)."""
+    if study_exists(storage, name):
+        begun = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        if optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=begun):
+            raise StudyError(f"a study named {name!r} exists in the study storage already; "
+                             f"add --resume to continue it, or pick another --name")
+        optuna.delete_study(study_name=name, storage=storage)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    for key, value in user_attrs.items():
+        study.set_user_attr(key, value)
+
+
+def load_study(url: str, name: str) -> optuna.Study:
+    """The study of run ``name`` in the database at ``url`` (what a notebook would call)."""
+    return optuna.load_study(study_name=name, storage=open_storage(url))
+
+
+class StudySearch(OptunaSearch):
+    """Ray Tune's ``OptunaSearch``, telling the study each trial's true outcome.
+
+    Args:
+        max_epochs: a trial that reported this many epochs ran to the end.
+        **kwargs: as ``OptunaSearch`` (``storage``, ``study_name``, ``sampler``,
+            ``points_to_evaluate``, ``metric``, ``mode``).
+    """
+
+    def __init__(self, *, max_epochs: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._max_epochs = max_epochs
+        self._best: dict[str, float] = {}  # trial id -> best val_psnr reported so far
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        # After a driver crash, the study holds trials asked after Tune's last snapshot: Tune will
+        # ask for that many again. Hand those out first, so the study gains no duplicates.
+        if trial_id not in self._ot_trials and self._ot_study is not None:
+            orphan = self._orphan()
+            if orphan is not None:
+                log.info("resuming: trial %s takes over study trial #%d, asked before the interruption",
+                         trial_id, orphan.number)
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                return unflatten_dict(orphan.params)
+        return super().suggest(trial_id)
+
+    def _orphan(self) -> Optional[optuna.trial.FrozenTrial]:
+        known = {t._trial_id for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id not in known and set(t.params) == set(self._space):
+                return t
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        if value is not None:
+            self._best[trial_id] = max(self._best.get(trial_id, value), value)
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a resumed trial repeats epochs the study recorded before the interruption
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result and not error and result.get(self.metric) is not None:
+            # Tune hands the result that ended a trial (its last epoch, or the one ASHA stopped
+            # it at) to on_trial_complete alone: record it as the trial's last intermediate value.
+            self.on_trial_result(trial_id, result)
+        value: Optional[float] = None
+        if error:
+            state = TrialState.FAIL
+        elif not result or result.get(self.metric) is None:
+            state = TrialState.PRUNED  # ended before its first epoch: nothing to rank it by
+        elif result.get("diverged"):
+            state, value = TrialState.COMPLETE, DIVERGED_PSNR
+        elif result.get("epoch", 0) >= self._max_epochs:
+            state, value = TrialState.COMPLETE, self._best.get(trial_id, result[self.metric])
+        else:
+            state = TrialState.PRUNED  # stopped by the scheduler at a rung
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told before the interruption; the study already has it
+        self._completed_trials.add(trial_id)
+
+
+def searcher_states(study: optuna.Study) -> dict[str, int]:
+    """How many trials the study holds in each state (for logs and tests)."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
