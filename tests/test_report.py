@@ -31,6 +31,8 @@ class _Page(HTMLParser):
         self.ids: list[str] = []
         self.refs: list[str] = []
         self.images: dict[str, list[str]] = {}
+        self.anchors: list[str] = []  # the page's own links, #id
+        self.text: dict[str, str] = {}  # each section's text
         self._section = None
 
     def handle_starttag(self, tag, attrs):
@@ -42,10 +44,16 @@ class _Page(HTMLParser):
         if tag == "img":
             self.refs.append(a["src"])
             self.images.setdefault(self._section, []).append(a["src"])
-        if tag == "a" and not a.get("href", "").startswith("#"):
+        if tag == "a" and a.get("href", "").startswith("#"):
+            self.anchors.append(a["href"][1:])
+        elif tag == "a":
             self.refs.append(a["href"])
         if tag in ("link", "script") and (a.get("href") or a.get("src")):
             self.refs.append(a.get("href") or a.get("src"))
+
+    def handle_data(self, data):
+        if self._section:
+            self.text[self._section] = self.text.get(self._section, "") + data
 
 
 def _parse(index: Path) -> _Page:
@@ -101,6 +109,22 @@ def test_every_referenced_file_exists(tiny):
             with Image.open(path) as im:
                 assert im.format == "PNG" and min(im.size) >= 100, (ref, im.size)
     assert "trials.csv" in page.refs
+
+
+def test_every_anchor_has_its_section_and_every_figure_its_file(tiny):
+    """The page comes from a template: the navigation and the sections it links must agree, and
+    every figure the template names must be a PNG this report drew."""
+    _, _, index = tiny
+    page = _parse(index)
+    assert page.anchors == list(SECTIONS)  # the navigation, in page order
+    assert [i for i in page.ids if i in SECTIONS] == list(SECTIONS)  # each anchor lands on its section
+    figures = [src for srcs in page.images.values() for src in srcs]
+    assert len(figures) == sum(FIGURES.values())
+    assert sorted(figures) == sorted(p.name for p in index.parent.glob("*.png"))  # none missing, none stale
+    html = index.read_text()
+    assert "tuner.load_model(&#39;" in html  # autoescaped: the quotes of a path are entities
+    # 4 scored trials: the importance section says its ranking is rough.
+    assert "rough" in page.text["importance"] and "4 scored trials" in page.text["importance"]
 
 
 def test_trials_csv_agrees_with_ray_tune(tiny):

@@ -1,0 +1,222 @@
+"""Reading a run: every trial as Ray Tune saw it, how it ended, what ASHA saved, and the Optuna
+study the importance figures are drawn from.
+
+Ray Tune's experiment state is read with :class:`ray.tune.ExperimentAnalysis`, which needs no
+running Ray.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuner.spec import HYPERPARAMETERS, Distribution, ExperimentSpec
+from tuner.train import METRIC
+
+COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
+STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
+
+
+@dataclass
+class TrialSummary:
+    """One trial: its config, its per-epoch curve and how it ended.
+
+    Attributes:
+        trial_id: Ray Tune's trial id.
+        config: the trial's Tune config (fixed and searched hyperparameters).
+        status: ``completed``, ``stopped early``, ``diverged``, ``errored`` or ``unfinished``.
+        ray_status: Ray Tune's own status (TERMINATED, ERROR, ...).
+        epochs: the last epoch it reported (0 when it reported none).
+        best_val_psnr: its best ``val_psnr`` (a diverged epoch counts as
+            :data:`~tuner.train.DIVERGED_PSNR`; NaN when it reported nothing).
+        best_epoch: the epoch of that score.
+        curve: (epoch, val_psnr, diverged) per reported epoch.
+        seconds: its training time (Ray's ``time_total_s``).
+        failures: how often Ray restarted it after a crash.
+        error: the last line of its error, if it ever failed.
+    """
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str
+    ray_status: str
+    epochs: int
+    best_val_psnr: float
+    best_epoch: int
+    curve: list[tuple[int, float, bool]] = field(repr=False)
+    seconds: float = 0.0
+    failures: int = 0
+    error: str = ""
+
+
+def load_trials(run_dir: str, max_epochs: int) -> list[TrialSummary]:
+    """Read every trial of a run from Ray Tune's experiment state and result files.
+
+    Args:
+        run_dir: the run folder (local path or URI).
+        max_epochs: the budget a trial that ran to the end reached (``budget.max_epochs``).
+
+    Returns:
+        The trials in the order Ray Tune created them.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(run_dir)
+    frames = analysis.trial_dataframes
+    trials = []
+    for t in analysis.trials:
+        df = frames.get(t.trial_id)
+        curve: list[tuple[int, float, bool]] = []
+        if df is not None and len(df) and "epoch" in df:
+            curve = [(int(e), float(p), bool(d)) for e, p, d in
+                     zip(df["epoch"], df[METRIC], df.get("diverged", [0] * len(df)))]
+        # As Ray ranks it: a diverged epoch reports DIVERGED_PSNR, the worst finite score.
+        finite = [(p, e) for e, p, _ in curve if math.isfinite(p)]
+        best_psnr, best_epoch = max(finite) if finite else (math.nan, 0)
+        error = ""
+        if t.run_metadata.error_filename:  # Ray sets it when it writes the trial's error.txt
+            text = (t.get_error() or "").strip()
+            error = text.splitlines()[-1] if text else "error.txt not found"
+        seconds = float(df["time_total_s"].iloc[-1]) if curve and "time_total_s" in df else 0.0
+        epochs = curve[-1][0] if curve else 0
+        trials.append(TrialSummary(
+            trial_id=t.trial_id, config=dict(t.config), ray_status=t.status,
+            status=trial_status(t.status, epochs, bool(curve and curve[-1][2]), bool(error),
+                                int(t.config.get("max_epochs", max_epochs))),
+            epochs=epochs, best_val_psnr=best_psnr, best_epoch=best_epoch, curve=curve,
+            seconds=seconds, failures=int(t.num_failures), error=error))
+    return trials
+
+
+def trial_status(ray_status: str, epochs: int, diverged: bool, has_error: bool, max_epochs: int) -> str:
+    """How a trial ended, in the report's words.
+
+    A trial Ray restarted after a crash and that then ran on normally is judged by how it
+    ended (its ``failures`` count still shows the crash); ``errored`` means it ended in error.
+
+    Args:
+        ray_status: Ray Tune's status (``TERMINATED``, ``ERROR``, ``RUNNING``, ``PENDING``, ``PAUSED``).
+        epochs: the last epoch it reported.
+        diverged: its last result has ``diverged == 1``.
+        has_error: Ray recorded an error (``error.txt``) for it.
+        max_epochs: its epoch budget.
+
+    Returns:
+        ``completed``, ``stopped early``, ``diverged``, ``errored`` or ``unfinished``.
+    """
+    if ray_status == "ERROR" or (has_error and ray_status != "TERMINATED") or (
+            ray_status == "TERMINATED" and epochs == 0):
+        return ERRORED
+    if diverged:
+        return DIVERGED
+    if ray_status != "TERMINATED":
+        return UNFINISHED  # the search was interrupted; `tuner tune --resume` continues it
+    return COMPLETED if epochs >= max_epochs else STOPPED
+
+
+def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """Best ``val_psnr`` first; trials that reported nothing last."""
+    return sorted(trials, key=lambda t: -t.best_val_psnr if math.isfinite(t.best_val_psnr) else math.inf)
+
+
+def write_trials_csv(trials: list[TrialSummary], spec: ExperimentSpec, path: Path) -> None:
+    """One row per trial: outcome columns, then every hyperparameter of its config, then its error."""
+    params = _param_columns(trials, spec)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", "epochs", f"best_{METRIC}", "best_epoch",
+                    "time_total_s", "failures", *params, "error"])
+        for t in ranked(trials):
+            w.writerow([t.trial_id, t.status, t.epochs, _num(t.best_val_psnr), t.best_epoch,
+                        round(t.seconds, 3), t.failures, *(t.config.get(p, "") for p in params), t.error])
+
+
+def _param_columns(trials: list[TrialSummary], spec: ExperimentSpec) -> list[str]:
+    """Searched hyperparameters first (spec order), then the fixed ones (TrialConfig order)."""
+    present = {k for t in trials for k in t.config}
+    rest = [h for h in HYPERPARAMETERS if h in present and h not in spec.search]
+    return [*spec.search, *rest, *sorted(present - set(spec.search) - set(HYPERPARAMETERS))]
+
+
+def _num(x: float) -> str:
+    return "" if not math.isfinite(x) else repr(float(x))
+
+
+# ---------------------------------------------------------------- what ASHA saved
+
+@dataclass
+class Compute:
+    """Epochs run against the epochs a search without early stopping would have run."""
+
+    epochs_run: int
+    epochs_full: int
+    saved_by_asha: int  # epochs the stopped-early trials did not run
+    saved_other: int  # epochs diverged, errored or unfinished trials did not run
+    seconds: float
+
+    @property
+    def saved_pct(self) -> float:
+        return 100.0 * (self.epochs_full - self.epochs_run) / self.epochs_full if self.epochs_full else 0.0
+
+
+def compute_saved(trials: list[TrialSummary], max_epochs: int) -> Compute:
+    """How much of a full search (every trial to ``max_epochs``) the run actually ran."""
+    left = {t.trial_id: max(0, max_epochs - t.epochs) for t in trials}
+    asha = sum(left[t.trial_id] for t in trials if t.status == STOPPED)
+    return Compute(epochs_run=sum(t.epochs for t in trials), epochs_full=len(trials) * max_epochs,
+                   saved_by_asha=asha, saved_other=sum(left.values()) - asha,
+                   seconds=sum(t.seconds for t in trials))
+
+
+# ---------------------------------------------------------------- which hyperparameters mattered
+
+def importance_study(trials: list[TrialSummary], spec: ExperimentSpec):
+    """The Optuna study the importance and parallel-coordinate figures are drawn from: every trial
+    that reported a score, rebuilt in memory.
+
+    Each trial's value is its best ``val_psnr``, as the searcher saw it: trials ASHA stopped
+    count with the best score they reached before it stopped them, and a trial that diverged at
+    once with :data:`~tuner.train.DIVERGED_PSNR` (0 dB).
+
+    Returns:
+        (study, None), or (None, a sentence saying why importances cannot be computed).
+    """
+    import optuna
+
+    if not spec.search:
+        return None, "Nothing was searched (the spec has no search section), so there is nothing to rank."
+    distributions = {k: _optuna_distribution(d) for k, d in spec.search.items()}
+    scored = [t for t in trials if math.isfinite(t.best_val_psnr) and all(k in t.config for k in distributions)]
+    varied = [k for k in distributions if len({json.dumps(t.config[k]) for t in scored}) > 1]
+    if len(scored) < 2 or not varied:
+        return None, (f"{len(scored)} trial(s) reported a score and {len(varied)} searched hyperparameter(s) "
+                      f"took more than one value: importances need at least 2 scored trials and one "
+                      f"varied hyperparameter. Run more trials (--num-samples).")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for t in scored:
+        study.add_trial(optuna.trial.create_trial(
+            params={k: t.config[k] for k in distributions}, distributions=distributions,
+            value=t.best_val_psnr))
+    return study, None
+
+
+def _optuna_distribution(d: Distribution):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    k, v = d.kind, d.value
+    if k == "choice":
+        return CategoricalDistribution(list(v))
+    if k in ("uniform", "loguniform"):
+        return FloatDistribution(float(v[0]), float(v[1]), log=k == "loguniform")
+    return IntDistribution(int(v[0]), int(v[1]), log=k == "logint")
+
+
+def fanova():
+    """Optuna's default importance evaluator, seeded: the same report twice."""
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=0)
