@@ -12,9 +12,12 @@ Scores are mean per-image PSNR (``tuner.train.psnr_per_image``) and SSIM (``tune
   chosen on the validation split (fixed noise, seed 1234), never on the test split. BM3D takes
   1-2 s per 28x28 image on one core, so by default it runs on the first ``--bm3d-images`` test
   images only; every row reports its gain over the noisy input on the same images.
+- Hand-tuned U-Net (``hand_unet.py``, issue 11): a person's two-level U-Net recipe on all cores,
+  twice: for the same wall time as the search of that noise (``--unet-seconds`` when no search ran
+  here), and for the recipe's own 20 epochs.
 - tuner: ``--tune`` runs ``search_spaces/quickstart.yaml`` once per noise (its budget, space and
-  scheduler; the evaluation noise set to that column's and the training-noise range scaled to it,
-  0.6x-1.2x the level as quickstart's 0.3-0.6 is of 0.5) and scores each exported model at the
+  scheduler; the evaluation noise set to that column's and the training-noise range, set for 0.5,
+  scaled to its level) and scores each exported model at the
   noise it was searched for. ``--tuner-model runs/NAME/best ...`` scores models exported earlier
   instead, each at its own noise (read from its ``config.json``).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -41,6 +45,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import command_line, describe_machine, table, write_section  # noqa: E402
+from hand_unet import RECIPE_EPOCHS, train_hand_unet  # noqa: E402
+from hand_unet import denoise as denoise_unet  # noqa: E402
 from seed_models import SEEDS, denoise, train_seed  # noqa: E402
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.denoise import denoise as denoise_with_tuner  # noqa: E402
@@ -48,7 +54,11 @@ from tuner.noise import Noise  # noqa: E402
 from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image, ssim  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
+QUICKSTART_LEVEL = 0.5  # quickstart.yaml's evaluation noise: its training-noise range is scaled from it
 TUNER_ROW = "tuner: best of a quickstart-budget search per noise"
+UNET_ROW = "hand-tuned U-Net (issue 11's recipe), trained for the search's wall time on all cores"
+UNET_RECIPE_ROW = f"hand-tuned U-Net (issue 11's recipe), its {RECIPE_EPOCHS} epochs on all cores"
+TARGETS = {"gaussian 0.5": 21.0, "gaussian 0.1": 30.8, "impulse 0.1": 28.5}  # issue 11: tuner's test PSNR, dB
 EVAL_SEED = 1234  # tuner's default eval_noise.seed; the test split uses EVAL_SEED + TEST_SEED_OFFSET
 NOISES: dict[str, Noise] = {
     "gaussian 0.5": Noise("gaussian", 0.5),
@@ -189,7 +199,7 @@ def quickstart_search(key: str, noise: Noise, runs: Path) -> Path:
     """Run quickstart.yaml searched for ``noise``; returns the exported ``best/`` folder.
 
     The evaluation noise becomes ``noise``; the training noise keeps quickstart's range relative to
-    the evaluation level (0.3-0.6 around 0.5: 0.6x-1.2x) and takes its kind. Everything else -
+    the evaluation level (scaled by level / 0.5, its ``start_from`` level too) and takes its kind. Everything else -
     dataset, budget, scheduler, the rest of the space, the seed - is quickstart's.
     """
     from tuner.search import run_search
@@ -198,7 +208,12 @@ def quickstart_search(key: str, noise: Noise, runs: Path) -> Path:
     data = yaml.safe_load(QUICKSTART.read_text())
     data["name"] = "quality_" + key.replace(" ", "_").replace(".", "")
     data["eval_noise"] = {"kind": noise.kind, "level": noise.level}
-    data["search"]["noise_level"] = {"uniform": [round(0.6 * noise.level, 4), round(1.2 * noise.level, 4)]}
+    low, high = data["search"]["noise_level"]["uniform"]
+    scale = noise.level / QUICKSTART_LEVEL
+    data["search"]["noise_level"] = {"uniform": [round(low * scale, 4), round(high * scale, 4)]}
+    for point in data.get("start_from", []):  # the warm start trains at the evaluation level, as at 0.5
+        if "noise_level" in point:
+            point["noise_level"] = round(point["noise_level"] * scale, 4)
     run = runs / data["name"]
     if (run / "best" / "model.pt").is_file():
         print(f"{key}: reusing the search in {run}", flush=True)
@@ -278,7 +293,9 @@ def tuner_verdict(results: dict[str, dict[str, Score]], name: str, keys: list[st
         beaten = [k for k, s in others.items() if s.gain >= mine.gain]
         best_other = max(others, key=lambda k: others[k].gain)
         met += not beaten
-        line = (f"- {key}: **{'met' if not beaten else 'missed'}**: {mine.psnr:.2f} dB ({mine.gain:+.2f}) vs "
+        target = TARGETS[key]
+        line = (f"- {key}: **{'met' if not beaten else 'missed'}**: {mine.psnr:.2f} dB ({mine.gain:+.2f}; issue 11's "
+                f"target >= {target:.1f} dB: {'met' if mine.psnr >= target else 'missed'}) vs "
                 f"the best other, {best_other}, {others[best_other].psnr:.2f} dB ({others[best_other].gain:+.2f})")
         if beaten:
             line += f"; not beaten by it: {', '.join(beaten)}"
@@ -304,6 +321,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="run quickstart.yaml once per noise no --tuner-model covers, and score those models")
     p.add_argument("--runs", type=Path, default=Path("runs/bench_quality"),
                    help="where --tune's searches go; a finished one is reused (default runs/bench_quality)")
+    p.add_argument("--no-unet", dest="unet", action="store_false", help="skip the hand-tuned U-Net row")
+    p.add_argument("--unet-seconds", type=float, default=180.0,
+                   help="the U-Net's wall-clock budget where no search ran here (default 180: the quickstart's)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1 on a shared 2-core machine)")
     p.add_argument("--write", action="store_true", help="write the results section into docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -348,6 +368,14 @@ def main(argv: Optional[list[str]] = None) -> None:
             # tuner's models output logits: tuner's denoise applies the sigmoid (seed models end in one)
             results.setdefault(TUNER_ROW, {})[key] = score(denoise_with_tuner(model, test.noisy, 500), test,
                                                            f"`{_shown(folder)}`", search_seconds.get(key, float("nan")))
+        if args.unet:
+            budget = search_seconds.get(key, args.unet_seconds)
+            for row, seconds, epochs in ((UNET_ROW, budget, None), (UNET_RECIPE_ROW, None, RECIPE_EPOCHS)):
+                unet = train_hand_unet(data, noise, seconds, threads=os.cpu_count() or 1, epochs=epochs)
+                results.setdefault(row, {})[key] = score(denoise_unet(unet.model, test.noisy), test,
+                                                         f"{unet.epochs} epochs, {unet.seconds:.0f} s", unet.seconds)
+                print(f"  {row}: {results[row][key].psnr:.2f} dB ({unet.epochs} epochs)", flush=True)
+            torch.set_num_threads(args.threads)
         for s in (SEEDS[k] for k in args.seeds):
             trained = train_seed(s, data, noise, epochs=s.budget(args.full, args.epochs), val=val)
             name = f"seed {s.key}: {s.title}"
@@ -369,8 +397,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                          f"split may overlap its training data.")
             lines.append(f"- {key}: `{_shown(folder)}`, trial config `{json.dumps(config.get('trial'))}`.{leak}")
         how = ("`search_spaces/quickstart.yaml` run once per noise (`--tune`, or `tuner tune` and `--tuner-model`), "
-               "its evaluation noise set to the column's and its training-noise range to 0.6x-1.2x the level, as "
-               "quickstart's 0.3-0.6 is of 0.5; the seconds column is the whole search where this script ran it")
+               "its evaluation noise set to the column's and its training-noise range scaled from quickstart's "
+               "(set for 0.5) to the level; the seconds column is the whole search where this script ran it")
         tuner_note = "\n".join([f"Tuner's models ({how}):", "", *lines, "",
                                  tuner_verdict(results, TUNER_ROW, list(NOISES))])
     text = report(results, noisy, args, epochs, tuner_note, time.perf_counter() - start)

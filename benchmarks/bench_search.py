@@ -1,29 +1,28 @@
-"""Search efficiency (issue 7): does ASHA + Optuna TPE find a good model with fewer epochs?
+"""Search efficiency (issue 11), as an ablation: which part of ASHA + TPE earns its keep?
 
-Two searches over the same space with the same trial budget, the same dataset and the same
-trainable (:func:`tuner.search.train_trial` through ``tune.with_parameters``), 2 trials at a time
-on 1 CPU each. The space is ``search_spaces/mnist5k_wide.yaml`` (``--space`` for another): the
-quickstart's data and noise with the wide ranges of a first search - four optimizers, learning
-rates from 1e-4 to 3e-2, three losses, depth, width, latent size, skips, dropout, training noise,
-batch size - so that, as in a user's first search, many configurations are poor.
+Every arm searches the same space (``search_spaces/mnist5k_wide.yaml``: the quickstart's data and
+noise with the wide ranges of a first search, U-Net stages, residual learning and learning-rate
+schedules included) with the same trial budget, the same trainable
+(:func:`tuner.search.train_trial` through ``tune.with_parameters``), 2 trials at a time on 1 CPU
+each, and the same searcher seed:
 
-- **ASHA + TPE**: :func:`tuner.search.run_search` as ``tuner tune`` runs it, with the space file's
-  scheduler settings (its ASHA grace period and reduction factor; TPE after a third of the budget
-  sampled at random).
-- **random, to the end** (the baseline): Ray Tune's default ``BasicVariantGenerator`` drawing from
-  the same ``spec.param_space()``, FIFO scheduler: every trial trains all ``max_epochs``.
+- ``random_end``: random search (``BasicVariantGenerator``), every trial to ``max_epochs`` (FIFO);
+- ``random_asha``: the same random draws, ASHA stopping poor trials;
+- ``stock_tpe``: Ray's stock ``OptunaSearch`` + ASHA: what ``tuner tune`` did before issue 11
+  (a trial ASHA stops is told to TPE as ``COMPLETE`` with its early score);
+- ``tpe_pruned``: :class:`tuner.study.StudySearch` + ASHA: stopped trials told as ``PRUNED``;
+- ``tpe_liar_mv``: that plus ``constant_liar`` and ``multivariate`` TPE (``searcher:`` defaults);
+- ``tpe_warm``: that plus the space file's ``start_from`` (the hand-tuned U-Net recipe first):
+  ``tuner tune`` as shipped.
 
-Per seed, the reference is the best ``val_psnr`` either method found; for each method its
-results (one per epoch, every trial) are walked in the order they finished, counting epochs and
-wall-clock seconds until its running best first comes within 0.5 dB of the reference. Target:
-ASHA + TPE gets there with at most a third of the random search's epochs.
+Per seed the reference is the best ``val_psnr`` any arm found; each arm's epochs (one per
+reported epoch of any trial, in the order they finished) are counted until its running best first
+comes within 0.25 dB of it. The figure plots each arm's anytime curve (best so far against epochs
+spent), mean and spread over seeds. Target for ``tpe_warm``: random-to-the-end's final quality in
+at most half its epochs, pooled over seeds, and the better final model on at least 4 of 5 seeds.
 
-The default run scales the budget down to minutes on 2 cores (1,000 images per split, 16 trials
-of at most 12 epochs, 2 seeds); ``--full`` is the space file's own budget on all of mnist5k over
-5 seeds. ``--save DIR`` keeps every epoch of every trial (with its config) as CSV.
-
-    python benchmarks/bench_search.py                  # 2 seeds: ~15 minutes on 2 cores
-    python benchmarks/bench_search.py --full --write   # 5 seeds, the file's budget: hours on 2 cores
+    python benchmarks/bench_search.py --seeds 0 1 2 3 4 --save /tmp/bs --write   # ~1 h on 2 free cores
+    python benchmarks/bench_search.py --from-saved /tmp/bs --write                # re-report only
 """
 from __future__ import annotations
 
@@ -36,48 +35,42 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import command_line, describe_machine, table, write_section  # noqa: E402
+from common import REPO, command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.data import load_dataset  # noqa: E402
 from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
 from tuner.train import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_search"
-REPO = Path(__file__).resolve().parent.parent
 SPACE = REPO / "search_spaces" / "mnist5k_wide.yaml"
-WITHIN_DB = 0.5  # "as good as the best" means within this many dB of it
-TARGET = 1 / 3  # ASHA + TPE may use at most this share of random search's epochs
+FIGURE = REPO / "docs" / "figures" / "bench_search_anytime.png"
+WITHIN_DB = 0.25  # "as good as the best" means within this many dB of it
+ARMS = {  # name -> what the report calls it
+    "random_end": "random, every trial to the end",
+    "random_asha": "random + ASHA",
+    "stock_tpe": "Ray's stock OptunaSearch (TPE) + ASHA",
+    "tpe_pruned": "TPE + ASHA, stopped trials told as PRUNED",
+    "tpe_liar_mv": "... + constant_liar + multivariate",
+    "tpe_warm": "... + warm start (tuner tune as shipped)",
+}
+FINAL, BASELINE = "tpe_warm", "random_end"
 
 
 def make_spec(space: Path, seed: int, trials: Optional[int], epochs: Optional[int], limit: Optional[int],
               folder: Path) -> ExperimentSpec:
-    """A search space file with this benchmark's budget, validated by ``load_spec``.
-
-    Args:
-        space: the YAML spec whose space and scheduler are measured.
-        seed: the searcher's and every trial's seed.
-        trials: trial budget; None keeps the file's.
-        epochs: max epochs per trial; None keeps the file's.
-        limit: images per split kept from mnist5k (keeps a trial short on 2 cores); None for all.
-        folder: where the YAML is written.
-
-    Returns:
-        The spec.
-    """
+    """The space file with this benchmark's budget (its scheduler kept), validated by ``load_spec``."""
     data = yaml.safe_load(space.read_text())
-    data["name"] = f"search_s{seed}"
-    data["seed"] = seed
+    data.update(name=f"search_s{seed}", seed=seed)
     if limit:
         data["dataset"]["limit"] = limit
-    # The scheduler keeps the file's grace_period and reduction_factor: what users get.
     b = data["budget"]
     b.update(num_samples=trials or b["num_samples"], max_epochs=epochs or b["max_epochs"],
              max_concurrent=2, max_failures=0)
@@ -87,51 +80,61 @@ def make_spec(space: Path, seed: int, trials: Optional[int], epochs: Optional[in
     return load_spec(path)
 
 
-def random_search(spec: ExperimentSpec, storage: Path, seed: int):
-    """The baseline: random search, every trial to ``max_epochs``, same trainable and space.
+def search_alg(arm: str, spec: ExperimentSpec):
+    """The arm's searcher, under the concurrency limit every arm shares."""
+    import optuna
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
 
-    Returns:
-        Ray Tune's ``ResultGrid``.
-    """
+    from tuner import search, study
+
+    b = spec.budget
+    if arm.startswith("random"):
+        return BasicVariantGenerator(max_concurrent=b.max_concurrent, random_state=spec.seed)
+    if arm == "stock_tpe":  # tuner.search.run_search before issue 11, exactly
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=max(2, min(10, b.num_samples // 3)))
+        return ConcurrencyLimiter(OptunaSearch(metric=METRIC, mode=MODE, sampler=sampler), b.max_concurrent)
+    liar = arm != "tpe_pruned"
+    arm_spec = spec.model_copy(update={
+        "searcher": spec.searcher.model_copy(update={"constant_liar": liar, "multivariate": liar}),
+        "start_from": spec.start_from if arm == "tpe_warm" else []})
+    storage = optuna.storages.InMemoryStorage()
+    study.create_study(storage, spec.name, {})
+    for point in arm_spec.start_from:
+        optuna.load_study(study_name=spec.name, storage=storage).enqueue_trial(point)
+    searcher = study.StudySearch(max_epochs=b.max_epochs, metric=METRIC, mode=MODE,
+                                 sampler=search.make_sampler(arm_spec), storage=storage, study_name=spec.name)
+    return ConcurrencyLimiter(searcher, b.max_concurrent)
+
+
+def run_arm(arm: str, spec: ExperimentSpec, data, storage: Path):
+    """One search; returns Ray Tune's ``ResultGrid``."""
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tuner.search import train_trial
 
-    data = load_dataset(**spec.dataset.model_dump())
-    threads = max(1, int(spec.resources.cpus_per_trial))
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, eval_noise=spec.eval_noise.model_dump(), threads=threads),
-        {"cpu": spec.resources.cpus_per_trial},
-    )
     b = spec.budget
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, eval_noise=spec.eval_noise.model_dump(), threads=1),
+        {"cpu": spec.resources.cpus_per_trial})
+    scheduler = FIFOScheduler() if arm == "random_end" else ASHAScheduler(
+        time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period, reduction_factor=b.reduction_factor)
     tuner = tune.Tuner(
-        trainable,
-        param_space=spec.param_space(),
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=b.num_samples,
-            # Tune ignores max_concurrent_trials when given a generator: the generator limits it.
-            search_alg=BasicVariantGenerator(max_concurrent=b.max_concurrent, random_state=seed),
-            scheduler=FIFOScheduler()),
-        run_config=tune.RunConfig(
-            name=f"random_s{seed}", storage_path=str(storage), verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=b.keep_checkpoints,
-                                                    checkpoint_score_attribute=METRIC,
-                                                    checkpoint_score_order=MODE)),
-    )
+        trainable, param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=b.num_samples,
+                                    search_alg=search_alg(arm, spec), scheduler=scheduler, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"{arm}_s{spec.seed}", storage_path=str(storage), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     return tuner.fit()
 
 
 def epoch_rows(results, start_clock: float) -> pd.DataFrame:
-    """Every reported epoch of every trial, in the order they finished.
-
-    Args:
-        results: a ``ResultGrid``.
-        start_clock: ``time.time()`` when the search was started.
+    """Every reported epoch of every trial, in the order they finished, with the trial's config.
 
     Returns:
-        Columns ``trial``, ``epoch``, ``val_psnr``, ``finished`` (seconds since the search started).
+        Columns ``trial``, ``epoch``, ``val_psnr``, ``finished`` (seconds since the search started)
+        and the trial's hyperparameters.
     """
     frames = []
     for r in results:
@@ -141,272 +144,194 @@ def epoch_rows(results, start_clock: float) -> pd.DataFrame:
         # Ray's `timestamp` is whole seconds: the latest (timestamp - time_total_s) over a trial's
         # rows is its start to within a second, and start + time_total_s orders rows finely.
         start = float((f["timestamp"] - f["time_total_s"]).max())
-        frames.append(pd.DataFrame({
-            "trial": f["trial_id"], "epoch": f["epoch"], METRIC: f[METRIC],
-            "finished": start + f["time_total_s"] - start_clock}))
+        frames.append(pd.DataFrame({"trial": f["trial_id"], "epoch": f["epoch"], METRIC: f[METRIC],
+                                    "finished": start + f["time_total_s"] - start_clock}).assign(**{
+            k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.config.items()}))
     return pd.concat(frames).sort_values("finished", ignore_index=True)
 
 
-@dataclass
-class Seen:
-    """One trial as the report needs it."""
-
-    what: str  # its optimizer, learning rate, loss and depth
-    epochs: int  # epochs it ran
-    best: float  # its best val_psnr
-    at_grace: float  # its val_psnr at the first rung (or its last epoch, if it ended sooner)
+def anytime(rows: pd.DataFrame, epochs: int) -> np.ndarray:
+    """Best val_psnr so far after 1..epochs epochs spent (the last value carried on)."""
+    best = rows[METRIC].cummax().to_numpy()
+    return np.concatenate([best, np.full(max(0, epochs - len(best)), best[-1])])[:epochs]
 
 
-def _describe(config: dict) -> str:
-    return (f"{config.get('optimizer')} lr {config.get('lr', 0):.0e}, {config.get('loss')}, "
-            f"depth {config.get('depth')}")
+def epochs_to(rows: pd.DataFrame, target: float) -> Optional[int]:
+    """Epochs spent until the running best first reaches ``target`` (None when never)."""
+    hit = np.nonzero(rows[METRIC].cummax().to_numpy() >= target)[0]
+    return int(hit[0]) + 1 if len(hit) else None
 
 
-def time_to_target(rows: pd.DataFrame, target: float) -> tuple[Optional[int], Optional[float]]:
-    """Epochs and seconds until the running best first reaches ``target`` (None when never)."""
-    best = rows[METRIC].cummax()
-    hit = best.index[best >= target]
-    if len(hit) == 0:
-        return None, None
-    i = int(hit[0])
-    return i + 1, float(rows["finished"].iloc[i])
-
-
-def summarize(frame: pd.DataFrame, wall: float, grace: int, max_epochs: int) -> dict:
-    """One search's figures from its epoch rows (:func:`epoch_rows` joined with each trial's config)."""
-    trials_seen = []
-    for _, f in frame.groupby("trial", sort=False):
-        f = f.sort_values("epoch")
-        trials_seen.append(Seen(_describe(f.iloc[0].to_dict()), len(f), float(f[METRIC].max()),
-                                float(f[METRIC].iloc[min(grace, len(f)) - 1])))
-    return {"rows": frame, "wall": wall, "epochs": len(frame), "best": float(frame[METRIC].max()),
-            "trials": trials_seen, "best_trial": max(trials_seen, key=lambda t: t.best).what,
-            "stopped_early": sum(1 for t in trials_seen if t.epochs < max_epochs)}
-
-
-def compare(out: dict) -> dict:
-    """Add the reference (the better best) and where each method first came within 0.5 dB of it."""
-    out["reference"] = max(out["asha_tpe"]["best"], out["random"]["best"])
-    for method in ("asha_tpe", "random"):
-        m = out[method]
-        m["epochs_to"], m["seconds_to"] = time_to_target(m["rows"], out["reference"] - WITHIN_DB)
+def run_seed(space: Path, seed: int, trials, epochs, limit, storage: Path, save: Optional[Path]) -> dict:
+    """Every arm with one seed; returns {arm: epoch rows}."""
+    spec = make_spec(space, seed, trials, epochs, limit, storage)
+    data = load_dataset(**spec.dataset.model_dump())
+    out = {}
+    for arm in ARMS:
+        clock, t = time.time(), time.perf_counter()
+        frame = epoch_rows(run_arm(arm, spec, data, storage), clock)
+        wall = time.perf_counter() - t
+        frame = frame.assign(search_wall=wall)
+        if save:
+            save.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(save / f"{arm}_s{seed}.csv", index=False)
+        out[arm] = frame
+        print(f"seed {seed} {arm}: best {frame[METRIC].max():.2f} dB, {len(frame)} epochs, {wall:.0f} s", flush=True)
     return out
 
 
-def run_seed(space: Path, seed: int, trials: Optional[int], epochs: Optional[int], limit: Optional[int],
-             storage: Path, save: Optional[Path] = None) -> dict:
-    """Both searches with one seed, and where each reached within 0.5 dB of the better best."""
-    from tuner.search import run_search
+def plot(runs: dict[int, dict[str, pd.DataFrame]], path: Path, floor: float) -> None:
+    """Anytime curves: mean best-so-far over seeds against epochs spent, with the min-max band."""
+    import matplotlib
 
-    spec = make_spec(space, seed, trials, epochs, limit, storage)
-    b = spec.budget
-    out = {"seed": seed, "grace": b.grace_period, "rf": b.reduction_factor, "trials_budget": b.num_samples,
-           "max_epochs": b.max_epochs}
-    for method in ("asha_tpe", "random"):
-        clock, t = time.time(), time.perf_counter()
-        if method == "asha_tpe":
-            results = run_search(spec, storage=str(storage), verbose=0).results
-        else:
-            results = random_search(spec, storage, seed)
-        wall = time.perf_counter() - t
-        configs = pd.DataFrame([{"trial": r.metrics["trial_id"], **r.config} for r in results if r.metrics])
-        frame = epoch_rows(results, clock).merge(configs, on="trial", how="left")
-        if save:  # every epoch of every trial, with its config, to re-read without rerunning (--from-saved)
-            save.mkdir(parents=True, exist_ok=True)
-            frame.assign(search_wall=wall).to_csv(save / f"{method}_s{seed}.csv", index=False)
-        out[method] = summarize(frame, wall, b.grace_period, b.max_epochs)
-        print(f"seed {seed} {method}: best {out[method]['best']:.2f} dB, {len(frame)} epochs, {wall:.0f} s",
-              flush=True)
-    return compare(out)
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
 
-
-def load_saved(folder: Path, seed: int, space: Path, trials: Optional[int], epochs: Optional[int]) -> dict:
-    """One seed's comparison from the CSVs ``--save`` wrote (no searches run)."""
-    spec = yaml.safe_load(space.read_text())["budget"]
-    out = {"seed": seed, "grace": spec["grace_period"], "rf": spec["reduction_factor"]}
-    for method in ("asha_tpe", "random"):
-        frame = pd.read_csv(folder / f"{method}_s{seed}.csv")
-        out["trials_budget"] = trials or frame["trial"].nunique()
-        out["max_epochs"] = epochs or int(frame["epoch"].max())
-        out["grace"] = min(out["grace"], out["max_epochs"])
-        wall = float(frame["search_wall"].iloc[0]) if "search_wall" in frame else float(frame["finished"].max())
-        out[method] = summarize(frame, wall, out["grace"], out["max_epochs"])
-    return compare(out)
+    longest = max(len(f) for arms in runs.values() for f in arms.values())
+    fig = Figure(figsize=(8, 4.6), dpi=100)
+    ax = fig.subplots()
+    for arm, label in ARMS.items():
+        curves = np.stack([anytime(arms[arm], longest) for arms in runs.values()])  # (seeds, epochs)
+        spent = max(len(arms[arm]) for arms in runs.values())
+        x = np.arange(1, spent + 1)
+        mean = curves.mean(0)[:spent]
+        line, = ax.plot(x, mean, label=label, lw=2.2 if arm == FINAL else 1.4,
+                        ls="--" if arm == BASELINE else "-")
+        ax.fill_between(x, curves.min(0)[:spent], curves.max(0)[:spent], color=line.get_color(), alpha=0.12)
+    random_epochs = statistics.mean(len(arms[BASELINE]) for arms in runs.values())
+    ax.axvline(floor * random_epochs, color="0.4", lw=0.8, ls=":")
+    ax.text(floor * random_epochs, ax.get_ylim()[0], f" perfect-ASHA floor ({floor:.2f} of random's epochs)",
+            rotation=90, va="bottom", ha="right", fontsize=7, color="0.3")
+    lo = np.percentile([anytime(arms[BASELINE], longest)[len(arms[BASELINE]) // 4] for arms in runs.values()], 0)
+    ax.set_ylim(bottom=lo - 1.0)
+    ax.set_xlabel("epochs spent (all trials)")
+    ax.set_ylabel("best val_psnr so far (dB)")
+    ax.set_title(f"Anytime search quality, mean and min-max over {len(runs)} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
 
-def _fmt(v: Optional[float], spec: str) -> str:
-    return "not reached" if v is None else format(v, spec)
+def asha_floor(grace: int, rf: float, max_epochs: int) -> float:
+    """The share of random-to-the-end's epochs a perfect (synchronous) successive halving spends:
+    every trial runs to the first rung, 1/rf of them to the next, ... (a model of the bracket)."""
+    rungs, r = [], grace
+    while r < max_epochs:
+        rungs.append(r)
+        r = int(round(r * rf))
+    rungs.append(max_epochs)
+    spent = sum((rungs[i] - (rungs[i - 1] if i else 0)) / rf ** i for i in range(len(rungs)))
+    return spent / max_epochs
 
 
-def _rungs(run: dict) -> str:
-    """Where ASHA stopped ASHA + TPE's trials: 'at 2: 7, at 6: 4, ran 12: 5'."""
-    counts: dict[int, int] = {}
-    for t in run["asha_tpe"]["trials"]:
-        counts[t.epochs] = counts.get(t.epochs, 0) + 1
-    last = run["max_epochs"]
-    return ", ".join(f"{'ran' if e == last else 'at'} {e}: {n}" for e, n in sorted(counts.items()))
-
-
-def _early_rank(run: dict) -> str:
-    """Where random search's eventual best trial stood at ASHA's first rung (all its trials ran on)."""
-    trials = run["random"]["trials"]
-    best = max(trials, key=lambda t: t.best)
-    rank = 1 + sum(1 for t in trials if t.at_grace > best.at_grace)
-    return f"#{rank} of {len(trials)}"
-
-
-def _good_share(run: dict) -> str:
-    """How many of random search's trials (a sample of the space) ended within 0.5 dB of the reference."""
-    trials = run["random"]["trials"]
-    good = sum(1 for t in trials if t.best >= run["reference"] - WITHIN_DB)
-    return f"{good} of {len(trials)}"
-
-
-def _ratio_cell(run: dict) -> str:
-    a, r = run["asha_tpe"], run["random"]
-    if a["epochs_to"] is None:
-        return "ASHA + TPE not there"
-    if r["epochs_to"] is None:
-        return f"< {a['epochs_to'] / r['epochs']:.2f} (random never got there in its {r['epochs']})"
-    return f"{a['epochs_to'] / r['epochs_to']:.2f}"
-
-
-def report(runs: list[dict], trials: int, epochs: int, load: tuple) -> str:
-    """The markdown: a row per seed and method, the pooled ratio, and what it means."""
-    g, rf = runs[0]["grace"], runs[0]["rf"]
-    head = ["seed", "method", "best val_psnr (dB)", "best trial",
-            f"epochs to within {WITHIN_DB} dB of the better best", "wall s to there", "epochs spent in all",
-            "search wall (s)", "trials stopped before max_epochs"]
+def report(runs: dict[int, dict[str, pd.DataFrame]], spec_budget: dict, load: tuple) -> str:
+    """The markdown: per arm the final quality, epochs spent and epochs to within 0.25 dB; the target."""
+    seeds = sorted(runs)
+    refs = {s: max(f[METRIC].max() for f in runs[s].values()) for s in seeds}
+    head = ["arm", "best val_psnr, mean (min-max) dB", "epochs spent, mean", f"epochs to within {WITHIN_DB} dB "
+            f"of the best any arm found, per seed", "reached on", "pooled epochs to there / random_end's"]
     body = []
-    for run in runs:
-        for method, label in (("asha_tpe", "ASHA + TPE"), ("random", "random, to the end")):
-            m = run[method]
-            body.append([run["seed"], label, f"{m['best']:.2f}", m["best_trial"], _fmt(m["epochs_to"], "d"),
-                         _fmt(m["seconds_to"], ".0f"), m["epochs"], f"{m['wall']:.0f}", m["stopped_early"]])
+    pooled_base = sum((epochs_to(runs[s][BASELINE], refs[s] - WITHIN_DB) or len(runs[s][BASELINE])) for s in seeds)
+    for arm, label in ARMS.items():
+        best = [runs[s][arm][METRIC].max() for s in seeds]
+        to = [epochs_to(runs[s][arm], refs[s] - WITHIN_DB) for s in seeds]
+        pooled = sum(t if t is not None else len(runs[s][arm]) for s, t in zip(seeds, to))
+        body.append([f"`{arm}`: {label}", f"{statistics.mean(best):.2f} ({min(best):.2f}-{max(best):.2f})",
+                     f"{statistics.mean(len(runs[s][arm]) for s in seeds):.0f}",
+                     ", ".join("-" if t is None else str(t) for t in to),
+                     f"{sum(t is not None for t in to)} of {len(seeds)}", f"{pooled / pooled_base:.2f}"])
     parts = [table(head, body), ""]
-    # Pooled over seeds: epochs ASHA + TPE needed in all / epochs random needed in all. A random search
-    # that never got there is charged its whole budget: less than it would have needed, so the pooled
-    # ratio can only flatter random search. A seed where ASHA + TPE never got there fails the target.
-    asha_lost = [r for r in runs if r["asha_tpe"]["epochs_to"] is None]
-    pooled_a = sum(r["asha_tpe"]["epochs_to"] or r["asha_tpe"]["epochs"] for r in runs)
-    pooled_r = sum(r["random"]["epochs_to"] or r["random"]["epochs"] for r in runs)
-    pooled = pooled_a / pooled_r
-    sec_a = sum(r["asha_tpe"]["seconds_to"] or r["asha_tpe"]["wall"] for r in runs)
-    sec_r = sum(r["random"]["seconds_to"] or r["random"]["wall"] for r in runs)
-    met = pooled <= TARGET and not asha_lost
-    never = sum(1 for r in runs if r["random"]["epochs_to"] is None)
-    lines = [
-        ["per seed: epochs to target", "; ".join(_ratio_cell(r) for r in runs)],
-        ["all seeds: epochs to target (sum / sum)",
-         f"**{pooled:.2f}** ({pooled_a} / {pooled_r}{f'; random charged its whole budget on {never} of {len(runs)} seeds' if never else ''})"
-         f"; target <= {TARGET:.2f}: {'met' if met else 'missed'}"],
-        ["all seeds: wall seconds to target (sum / sum)", f"{sec_a / sec_r:.2f}"],
-        ["all seeds: epochs spent in all", f"{sum(r['asha_tpe']['epochs'] for r in runs) / sum(r['random']['epochs'] for r in runs):.2f}"],
-        ["mean: best val_psnr difference (dB)",
-         f"{statistics.mean(r['asha_tpe']['best'] - r['random']['best'] for r in runs):+.2f}"],
-    ]
-    parts += [table(["", "ASHA + TPE / random"], lines), ""]
-    diag_head = ["seed", "random's trials within 0.5 dB of the reference", f"random's eventual best, ranked at epoch {g}",
-                 "where ASHA stopped ASHA + TPE's trials (epochs: trials)"]
-    parts += [table(diag_head, [[r["seed"], _good_share(r), _early_rank(r), _rungs(r)] for r in runs]), ""]
+    # The target: tpe_warm reaches random_end's final best in at most half random_end's epochs, pooled.
+    need = [(epochs_to(runs[s][FINAL], runs[s][BASELINE][METRIC].max()), len(runs[s][FINAL]), len(runs[s][BASELINE]))
+            for s in seeds]
+    used = sum(t if t is not None else spent for t, spent, _ in need)
+    base = sum(b for _, _, b in need)
+    wins = sum(runs[s][FINAL][METRIC].max() > runs[s][BASELINE][METRIC].max() for s in seeds)
+    never = sum(t is None for t, _, _ in need)
+    ratio = used / base
+    met = ratio <= 0.5 and wins >= math.ceil(0.8 * len(seeds)) and never == 0
+    g, rf, e = spec_budget["grace_period"], spec_budget["reduction_factor"], spec_budget["max_epochs"]
+    floor = asha_floor(g, rf, e)
+    parts += [table(["target (tpe_warm against random_end)", "measured", "target", "verdict"], [
+        ["epochs to random_end's final best, pooled over seeds / random_end's epochs",
+         f"**{ratio:.2f}** ({used} / {base}" + (f"; never reached on {never} seed(s), charged all its epochs" if never else "")
+         + ")", "<= 0.50", "met" if ratio <= 0.5 and never == 0 else "missed"],
+        ["seeds where tpe_warm's best beats random_end's", f"**{wins} of {len(seeds)}** (mean "
+         f"{statistics.mean(runs[s][FINAL][METRIC].max() - runs[s][BASELINE][METRIC].max() for s in seeds):+.2f} dB)",
+         f">= {math.ceil(0.8 * len(seeds))} of {len(seeds)}", "met" if wins >= math.ceil(0.8 * len(seeds)) else "missed"],
+        ["perfect-ASHA floor (the least any ASHA arm can spend, as a share of random_end's epochs)",
+         f"{floor:.2f}", "", ""],
+    ]), ""]
     parts.append(
-        f"What it means: *epochs to within {WITHIN_DB} dB* is the compute a user pays before the search holds a "
-        f"model about as good as it will find (the better of the two methods' best, per seed); a ratio of 0.33 "
-        f"means ASHA + TPE got there on a third of the epochs random search needed. The seeds are pooled (epochs "
-        f"summed over seeds, then divided) so one lucky early draw of random search does not decide the figure; "
-        f"where random search never got there it is charged only the epochs it spent, which flatters it. "
-        f"*Epochs spent in all* is the whole budget's cost: ASHA keeps the best 1/{rf:g} at each rung ({g} epochs, "
-        f"then x{rf:g}), so the same {trials} trials cost fewer epochs than {trials} x {epochs}. *Wall s* counts "
-        f"from the search's start, Ray's per-trial start-up included. The last table says how rare good "
-        f"configurations are in this space (random search samples it), whether stopping at the first rung is safe "
-        f"(the rank random's eventual winner held at epoch {g}, which is what ASHA judges by) and how much ASHA "
-        f"cut.")
-    parts.append("")
-    if met:
-        parts.append(f"Target met: {pooled:.2f} <= {TARGET:.2f} over {len(runs)} seeds.")
-    else:
-        why = "".join(f" Seed {r['seed']}: ASHA + TPE never came within {WITHIN_DB} dB of random's best "
-                      f"({r['random']['best']:.2f} dB)." for r in asha_lost)
-        parts.append(
-            f"Target missed ({pooled:.2f} > {TARGET:.2f}" + (f", and {len(asha_lost)} seed(s) lost" if asha_lost else "")
-            + f").{why} ASHA let {', '.join(str(sum(t.epochs == epochs for t in r['asha_tpe']['trials'])) for r in runs)} "
-            f"of {trials} trials run all {epochs} epochs, where synchronous successive halving at reduction factor "
-            f"{rf:g} would keep about {trials / rf ** max(1, round(math.log(epochs / g, rf))):.0f}: asynchronous ASHA "
-            f"decides each trial against the trials that reached the rung before it, so the first trial passes every "
-            f"rung unopposed and the next few face little competition, whatever they are; and TPE samples the first "
-            f"third of the budget at random. In a budget of {trials} trials those early full runs are a large share of "
-            f"the epochs; they shrink as a share as budgets grow. Random search's epochs-to-target depends on where "
-            f"in its order a good trial falls.")
-    if load[0] > 0.5 * (os.cpu_count() or 1):  # others kept half the cores busy before we started
-        parts.append("")
-        parts.append(f"Taken under load (load average {load[0]:.1f} before, {load[1]:.1f} after on "
-                     f"{os.cpu_count()} cores): epoch counts do not depend on load, wall seconds do.")
+        f"What it means: each arm's search spent the epochs in the third column on the same budget of trials. "
+        f"*Epochs to within {WITHIN_DB} dB* is the compute a user pays before the search holds a model about as good "
+        f"as any arm found with that seed ('-': never). The floor: with max_epochs {e}, grace period {g} and reduction "
+        f"factor {rf:g}, even a perfect successive halving trains every trial to epoch {g} and a 1/{rf:g} share on, "
+        f"so it spends about {floor:.2f} of random-to-the-end's epochs; asynchronous ASHA spends more, because the "
+        f"first trials pass every rung unopposed. Verdict: {'target met' if met else 'target missed'}.")
+    if load[0] > 0.5 * (os.cpu_count() or 1):
+        parts += ["", f"Taken under load (load average {load[0]:.1f} before, {load[1]:.1f} after on {os.cpu_count()} "
+                      f"cores): epoch counts do not depend on load, wall seconds do."]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--space", type=Path, default=SPACE,
-                        help=f"search space file (default {SPACE.relative_to(REPO)})")
-    parser.add_argument("--save", type=Path, help="folder for every epoch's row of every trial, as CSV")
-    parser.add_argument("--from-saved", type=Path, metavar="DIR",
-                        help="report on the searches a --save run left in DIR instead of running them")
-    parser.add_argument("--full", action="store_true",
-                        help="the space file's own budget and all of mnist5k, 5 seeds")
-    parser.add_argument("--seeds", type=int, nargs="+", help="searcher seeds (default 0 1; --full 0..4)")
-    parser.add_argument("--trials", type=int, help="trials per search (default 16; --full the file's)")
-    parser.add_argument("--epochs", type=int, help="max epochs per trial (default 12; --full the file's)")
-    parser.add_argument("--limit", type=int, help="mnist5k images per split, 0 for all (default 1000; --full 0)")
+    parser.add_argument("--space", type=Path, default=SPACE, help="search space file (default mnist5k_wide.yaml)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="searcher seeds")
+    parser.add_argument("--trials", type=int, default=32, help="trials per search (default 32)")
+    parser.add_argument("--epochs", type=int, default=12, help="max epochs per trial (default 12)")
+    parser.add_argument("--limit", type=int, default=1000, help="mnist5k images per split, 0 for all (default 1000)")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="run only these arms (default all)")
+    parser.add_argument("--save", type=Path, help="folder for every epoch of every trial, as CSV per arm and seed")
+    parser.add_argument("--from-saved", type=Path, metavar="DIR", help="report on a --save folder without searching")
     parser.add_argument("--write", action="store_true", help="replace this section of docs/benchmarks.md")
-    parser.add_argument("--section", default=SECTION,
-                        help=f"which marked section --write replaces (default {SECTION}; the doc keeps two runs)")
     args = parser.parse_args(argv)
-    seeds = args.seeds or (list(range(5)) if args.full else [0, 1])
-    trials = args.trials or (None if args.full else 16)
-    epochs = args.epochs or (None if args.full else 12)
-    limit = (args.limit if args.limit is not None else (0 if args.full else 1000)) or None
+    if args.arms:
+        for arm in list(ARMS):
+            if arm not in args.arms:
+                ARMS.pop(arm)
     logging.basicConfig(level=logging.WARNING)
-    # A checkpoint per epoch of a seconds-long trial is by design; Ray's hint about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    load_before = os.getloadavg()[0]
-    command = command_line()
-    if args.from_saved:  # the report of an earlier --save run, as that run would have written it
+    budget = dict(yaml.safe_load(args.space.read_text())["budget"], max_epochs=args.epochs)
+    if args.from_saved:
         meta = json.loads((args.from_saved / "run.json").read_text())
-        runs = [load_saved(args.from_saved, seed, args.space, trials, epochs) for seed in meta["seeds"]]
-        seeds, limit, load, command = meta["seeds"], meta["limit"], tuple(meta["load"]), meta["command"]
+        runs = {s: {a: pd.read_csv(args.from_saved / f"{a}_s{s}.csv") for a in ARMS} for s in meta["seeds"]}
+        load, command, limit, trials = tuple(meta["load"]), meta["command"], meta["limit"], meta["trials"]
     else:
         from tuner import search
 
+        load_before, command, limit, trials = os.getloadavg()[0], command_line(), args.limit or None, args.trials
         search._init_ray(None)  # one Ray for every search, started the way run_search starts it
-        runs = []
+        runs = {}
         with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
-            for seed in seeds:
-                runs.append(run_seed(args.space, seed, trials, epochs, limit, Path(tmp), args.save))
+            for s in args.seeds:
+                runs[s] = run_seed(args.space, s, args.trials, args.epochs, limit, Path(tmp), args.save)
+                load = (load_before, os.getloadavg()[0])
+                if args.save:  # after every seed: an interrupted run still reports what it finished
+                    (args.save / "run.json").write_text(json.dumps(
+                        {"command": command, "seeds": sorted(runs), "limit": limit, "load": load, "trials": trials}))
         import ray
 
         ray.shutdown()
-        load = (load_before, os.getloadavg()[0])
-        if args.save:
-            (args.save / "run.json").write_text(json.dumps(
-                {"command": command, "seeds": seeds, "limit": limit, "load": load}))
-    trials, epochs = runs[0]["trials_budget"], runs[0]["max_epochs"]
-    body = report(runs, trials, epochs, load)
+    body = report(runs, budget, load)
+    plot(runs, FIGURE, asha_floor(budget["grace_period"], budget["reduction_factor"], budget["max_epochs"]))
     print(body)
     if args.write:
         text = "\n\n".join([
-            f"## Search efficiency (`bench_search.py`), {f'{limit:,} images per split' if limit else 'all of mnist5k'}",
+            f"## Search efficiency (`bench_search.py`): an ablation, {f'{limit:,} images per split' if limit else 'all of mnist5k'}",
             describe_machine(threads=1) + f" Load average {load[0]:.1f} / {load[1]:.1f} (before / after).",
             f"Command: `{command}`" + (f" (report re-read with `{command_line()}`)" if args.from_saved else ""),
-            f"`{args.space.resolve().relative_to(REPO) if args.space.resolve().is_relative_to(REPO) else args.space}`'s space and scheduler (ASHA grace period {runs[0]['grace']}, "
-            f"reduction factor {runs[0]['rf']:g}) on `mnist5k` "
+            f"`{args.space.resolve().relative_to(REPO)}`'s space and scheduler (ASHA grace period "
+            f"{budget['grace_period']}, reduction factor {budget['reduction_factor']:g}) on `mnist5k` "
             f"({f'limit {limit} images per split' if limit else 'all of it'}), {trials} trials of at most "
-            f"{epochs} epochs, 2 at a time, seeds {', '.join(map(str, seeds))}. "
-            f"ASHA + TPE is `tuner.search.run_search` as is; the baseline is random search "
-            f"(`BasicVariantGenerator`, FIFO) over the same `spec.param_space()` with the same trainable, "
-            f"every trial trained to the end.",
+            f"{args.epochs} epochs per search, 2 at a time, seeds {', '.join(map(str, sorted(runs)))}.",
+            f"![anytime curves](figures/{FIGURE.name})",
             body,
         ])
-        print(f"wrote {write_section(args.section, text)}")
+        print(f"wrote {write_section(SECTION, text)}")
     return 0
 
 

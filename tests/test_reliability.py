@@ -35,6 +35,7 @@ import pytest
 from tuner.cli import main
 from tuner.search import run_search
 from tuner.spec import load_spec
+from tuner.storage import STUDY_FILE
 from tuner.train import DIVERGED_PSNR, METRIC
 
 RESUME_SPEC = """\
@@ -290,10 +291,10 @@ def test_resume_after_driver_is_killed(tmp_path, ray_tmp):
     for t in set(final) - set(state):
         assert [r["epoch"] for r in _rows(_trial_dirs(run)[t] / "result.json")] == list(range(1, max_epochs + 1))
 
-    _check_searcher_restored(run, n, searcher_files_before, finished | set(running))
+    _check_searcher_restored(run, n, max_epochs, searcher_files_before, finished | set(running))
 
 
-def _check_searcher_restored(run: Path, n: int, files_before: list[Path], pre_kill: set[str]) -> None:
+def _check_searcher_restored(run: Path, n: int, max_epochs: int, files_before: list[Path], pre_kill: set[str]) -> None:
     """The resumed search's Optuna study is the pre-kill study, continued, with its TPE sampler."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -323,10 +324,17 @@ def _check_searcher_restored(run: Path, n: int, files_before: list[Path], pre_ki
     for trial_id in before._ot_trials:  # the same Optuna trials, not re-asked
         assert after._ot_trials[trial_id].number == before._ot_trials[trial_id].number
         assert after._ot_trials[trial_id].params == before._ot_trials[trial_id].params
-    # Every trial finished with its last val_psnr told to the study (the TPE's observations).
+    # Every trial ran to the end, told to the study as COMPLETE with its best val_psnr (the TPE's
+    # observations) and every epoch as an intermediate value.
     values = sorted(t.value for t in study.trials)
-    last = sorted(_rows(run / f"trial_{t}" / "result.json")[-1][METRIC] for t in after._ot_trials)
-    assert values == pytest.approx(last)
+    best = sorted(max(r[METRIC] for r in _rows(run / f"trial_{t}" / "result.json")) for t in after._ot_trials)
+    assert values == pytest.approx(best)
+    # The database the driver wrote, read as a notebook would: exactly num_samples finished trials,
+    # none duplicated by the resume, each with its full curve.
+    stored = optuna.load_study(study_name="resume", storage=f"sqlite:///{run / STUDY_FILE}")
+    assert len(stored.trials) == n, [(t.number, t.state) for t in stored.trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials)
+    assert sorted(len(t.intermediate_values) for t in stored.trials) == [max_epochs] * n
 
 
 def test_resume_of_an_unknown_run_is_one_line(tmp_path, capsys):

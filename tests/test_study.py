@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.cli import main
 from tuner.spec import load_spec
-from tuner.study import STUDY_FILE
+from tuner.storage import STUDY_FILE
 from tuner.train import METRIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,3 +119,48 @@ def test_a_study_name_taken_in_a_shared_database_is_refused(tiny_run, tmp_path, 
     code = main(["tune", str(TINY), "--storage", str(tmp_path / "elsewhere"), "--study-storage", shared])
     err = capsys.readouterr().err
     assert code == 2 and "a study named 'tiny' exists" in err and "--resume" in err, err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
+    """optuna-dashboard, started as the README says, lists the search's study and its trials."""
+    import shutil
+    import time
+    import urllib.request
+
+    result, spec = tiny_run
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
+    port = _free_port()
+    url = f"sqlite:///{Path(result.run_dir) / STUDY_FILE}"
+    log = tmp_path / "dashboard.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([exe, url, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, log.read_text()[-2000:]
+        ours = [s for s in studies if s["study_name"] == spec.name]
+        assert len(ours) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}", timeout=10) as r:
+            detail = json.loads(r.read())
+        trials = detail["trials"]
+        assert len(trials) == spec.budget.num_samples
+        assert {t["state"] for t in trials} == {"Complete", "Pruned"}
+        assert all(t["intermediate_values"] for t in trials) and detail["has_intermediate_values"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

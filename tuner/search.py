@@ -3,7 +3,8 @@
 :func:`run_search` loads the dataset once, puts it in Ray's object store
 (``tune.with_parameters``) so concurrent trials on a node share one copy, and runs a
 ``Tuner`` whose trials are :func:`train_trial` - a thin adapter from Tune's config dict to
-:func:`tuner.train.fit`. Each epoch reports the metrics and a checkpoint; only the best few
+:func:`tuner.train.fit`. The searcher is :class:`tuner.study.StudySearch` (Optuna TPE, told each
+trial's true outcome, its study in a database; the spec's ``start_from`` queued first). Each epoch reports the metrics and a checkpoint; only the best few
 checkpoints per trial are kept (ranked by ``val_psnr``). At the end the best checkpoint of the
 best trial is exported to ``<run>/best/`` with its config and its ``test_psnr``, measured
 once on the test split that no trial ever saw.

@@ -11,6 +11,7 @@ MODEL_FILE = "model.pt"  # an exported model: the state_dict of tuner.model.Deno
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 SPEC_FILE = "spec.yaml"
+STUDY_FILE = "study.db"  # the Optuna study of the search (tuner.study), SQLite by default
 
 
 def is_uri(path: str) -> bool:

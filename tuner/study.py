@@ -29,12 +29,10 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
-from tuner.storage import is_uri
+from tuner.storage import STUDY_FILE, is_uri
 from tuner.train import DIVERGED_PSNR, METRIC
 
 log = logging.getLogger(__name__)
-
-STUDY_FILE = "study.db"  # the default database, in the run folder
 
 
 class StudyError(Exception):

@@ -52,7 +52,7 @@ def render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best:
         images=_images(best, out) if have_images else None,
         images_missing=None if have_images else (best.data_error if best is not None else
                                                  "no best model was exported") or "no test images",
-        importance=_importance(trials, spec, out),
+        importance=_importance(trials, spec, run_dir, out),
         latent=_latent(best, out) if have_images and best.data.test_labels is not None else None,
         trials=_trials_table(trials, spec, best_id),
     )
@@ -130,9 +130,9 @@ def _images(best: BestModel, out: Path) -> dict:
                 kind=best.eval_noise.kind)
 
 
-def _importance(trials: list[TrialSummary], spec: ExperimentSpec, out: Path) -> dict:
+def _importance(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: str, out: Path) -> dict:
     """fANOVA importances of the searched hyperparameters, or why there are none."""
-    study, why = importance_study(trials, spec)
+    study, why = importance_study(trials, spec, run_dir)
     if study is None:
         return dict(table=[], missing=why)
     import optuna

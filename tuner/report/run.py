@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.storage import STUDY_FILE
 from tuner.spec import HYPERPARAMETERS, Distribution, ExperimentSpec
 from tuner.train import METRIC
+
+log = logging.getLogger(__name__)
 
 COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
 STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
@@ -173,35 +177,62 @@ def compute_saved(trials: list[TrialSummary], max_epochs: int) -> Compute:
 
 # ---------------------------------------------------------------- which hyperparameters mattered
 
-def importance_study(trials: list[TrialSummary], spec: ExperimentSpec):
-    """The Optuna study the importance and parallel-coordinate figures are drawn from: every trial
-    that reported a score, rebuilt in memory.
+def importance_study(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: str):
+    """The Optuna study the importance and parallel-coordinate figures are drawn from.
 
-    Each trial's value is its best ``val_psnr``, as the searcher saw it: trials ASHA stopped
-    count with the best score they reached before it stopped them, and a trial that diverged at
-    once with :data:`~tuner.train.DIVERGED_PSNR` (0 dB).
+    The source is the run's study database (:mod:`tuner.study`, what optuna-dashboard shows):
+    its ``COMPLETE`` trials, those that ran to ``max_epochs`` (or diverged, at 0 dB), each with
+    its best ``val_psnr``. Trials ASHA stopped are ``PRUNED`` there and left out: an early score
+    is not comparable with a full-length one. A run without a database (a URI run with no
+    ``--study-storage``, or one made before tuner kept it) is rebuilt from the trials' results,
+    every trial that reported a score counting with its best.
 
     Returns:
-        (study, None), or (None, a sentence saying why importances cannot be computed).
+        (an in-memory study of the scored trials, None), or (None, a sentence saying why
+        importances cannot be computed).
     """
     import optuna
 
     if not spec.search:
         return None, "Nothing was searched (the spec has no search section), so there is nothing to rank."
-    distributions = {k: _optuna_distribution(d) for k, d in spec.search.items()}
-    scored = [t for t in trials if math.isfinite(t.best_val_psnr) and all(k in t.config for k in distributions)]
-    varied = [k for k in distributions if len({json.dumps(t.config[k]) for t in scored}) > 1]
-    if len(scored) < 2 or not varied:
-        return None, (f"{len(scored)} trial(s) reported a score and {len(varied)} searched hyperparameter(s) "
-                      f"took more than one value: importances need at least 2 scored trials and one "
-                      f"varied hyperparameter. Run more trials (--num-samples).")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stored = _stored_trials(spec, run_dir)
+    if stored is not None:
+        scored, what = stored, "trial(s) ran to the end (ASHA stopped the others)"
+    else:
+        distributions = {k: _optuna_distribution(d) for k, d in spec.search.items()}
+        scored = [optuna.trial.create_trial(params={k: t.config[k] for k in distributions},
+                                            distributions=distributions, value=t.best_val_psnr)
+                  for t in trials if math.isfinite(t.best_val_psnr) and all(k in t.config for k in distributions)]
+        what = "trial(s) reported a score"
+    varied = [k for k in spec.search if len({json.dumps(t.params.get(k)) for t in scored}) > 1]
+    if len(scored) < 2 or not varied:
+        return None, (f"{len(scored)} {what} and {len(varied)} searched hyperparameter(s) took more than one "
+                      f"value among them: importances need at least 2 such trials and one varied "
+                      f"hyperparameter. Run more trials (--num-samples).")
     study = optuna.create_study(direction="maximize")
-    for t in scored:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: t.config[k] for k in distributions}, distributions=distributions,
-            value=t.best_val_psnr))
+    study.add_trials(scored)
     return study, None
+
+
+def _stored_trials(spec: ExperimentSpec, run_dir: str):
+    """The COMPLETE trials of the run's study database, or None when the run has none."""
+    import optuna
+
+    from tuner.study import StudyError, default_storage_url, open_storage, study_exists
+
+    url = spec.study_storage or default_storage_url(run_dir)
+    if url is None or (url == default_storage_url(run_dir) and not Path(run_dir, STUDY_FILE).exists()):
+        return None
+    try:
+        storage = open_storage(url)
+        if not study_exists(storage, spec.name):
+            return None
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+    except StudyError as e:
+        log.warning("the report rebuilds importances from the trials: %s", e)
+        return None
 
 
 def _optuna_distribution(d: Distribution):
