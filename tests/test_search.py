@@ -125,9 +125,10 @@ def test_existing_run_needs_resume(tiny_run, capsys):
 def test_quickstart_spec_is_valid():
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
     assert spec.dataset.name == "mnist5k" and spec.eval_noise.level == 0.5
-    searched = set(spec.search)
-    assert {"latent_dim", "depth", "width", "dropout", "noise_level", "optimizer", "lr", "loss",
-            "batch_size", "skip"} <= searched
+    # It searches around a hand-tuned U-Net (issue 11), which it trains first.
+    assert {"width", "convs_per_stage", "latent_dim", "residual", "lr", "loss", "noise_level"} <= set(spec.search)
+    assert spec.fixed["skip"] and spec.fixed["lr_schedule"] == "onecycle"
+    assert spec.start_from and spec.start_from[0]["convs_per_stage"] == 2
 
 
 @pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist5k_wide", "mnist", "fashion_mnist", "cifar10"])
