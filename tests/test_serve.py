@@ -4,6 +4,7 @@ with ``tuner denoise``'s; every hostile request is followed by a good one; the R
 tests start are gone at the end (checked by PID)."""
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -21,13 +22,14 @@ import numpy as np
 import pytest
 import requests
 import torch
+import yaml
 from PIL import Image
 
 import tuner
 from tuner.cli import main
 from tuner.denoise import load_image, to_pil
 from tuner.noise import Noise
-from tuner.serve import MAX_BODY_BYTES, app_builder
+from tuner.serve import MAX_BODY_BYTES, ServeArgs, app_builder
 from tuner.spec import TrialConfig
 
 TIMEOUT = 60  # seconds per HTTP request: generous for a loaded 2-core machine
@@ -222,6 +224,24 @@ def test_tuner_serve_serves_until_interrupted(models, images, tmp_path):
         reader.join(10)
     assert proc.returncode == 0, "".join(lines)[-3000:]
     assert _wait_gone(started) == [], "Ray processes left running after tuner serve stopped"
+
+
+def test_serve_yaml_is_a_serve_config_for_this_app(models):
+    """serve.yaml (the README's `serve run` / `serve deploy` file) passes Ray's own schema, imports
+    app_builder, and its args are ServeArgs that build the deployment it describes."""
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve.yaml").read_text())
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    module, _, name = app["import_path"].partition(":")
+    assert getattr(importlib.import_module(module), name) is app_builder
+    args = ServeArgs.model_validate(app["args"])
+    deployment = app_builder({**app["args"], "model_dir": str(models["conv"])})._bound_deployment
+    assert deployment.name == "Denoiser" and deployment.num_replicas == args.replicas
+    assert deployment.ray_actor_options["num_gpus"] == args.gpus_per_replica
+    with pytest.raises(ValueError, match="replica"):  # a misspelt key is refused, not ignored
+        ServeArgs.model_validate({**app["args"], "replica": 2})
 
 
 # ---------------------------------------------------------------- one service for the rest of the module
