@@ -10,10 +10,12 @@ after a warm-up of one request per client.
 
 The floor is ``tuner.denoise`` in this process on the same images, already decoded, in batches
 (the fastest of 1, 4 and ``--max-batch-size``) on one thread (a replica gets one CPU, so PyTorch
-runs one thread there).
-Also timed in-process, per image: reading the PNG (``tuner.denoise.load_image``) and writing the
-answer PNG, which a request costs on top of the model; the rest of a request's latency at one
-client is the per-request overhead of HTTP, Ray Serve's proxy and its call to the replica.
+runs one thread there), timed in CPU seconds of that thread. Also timed in-process, per image:
+reading the PNG (``tuner.denoise.load_image``) and writing the answer PNG, which a request costs on
+top of the model. For the service, besides wall-clock images/s and latencies, the CPU time of every
+process involved (this one with the clients, and the Ray it started) per request: on a machine
+shared with other work, that is the number the load does not move, and the difference to the
+in-process CPU per image is the per-request overhead of HTTP, Ray Serve's proxy and the replica call.
 
 The model is the quickstart's best architecture (conv, depth 1, width 8, 64 latent channels) with
 untrained weights (the arithmetic, not the values, sets the speed), or ``--model runs/NAME/best``.
@@ -90,19 +92,44 @@ def make_images(size: int, n: int = N_IMAGES) -> list[bytes]:
 
 
 def _clock(fn, min_seconds: float = 1.0) -> float:
-    """Seconds per call of ``fn``, over at least ``min_seconds`` (after one warm-up call)."""
+    """CPU seconds of this thread per call of ``fn`` (after one warm-up call), over at least
+    ``min_seconds`` of them. CPU time, not wall time: other users of the cores do not inflate it."""
     fn()
-    n, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < min_seconds:
+    n, t0 = 0, time.thread_time()
+    while (elapsed := time.thread_time() - t0) < min_seconds:
         fn()
         n += 1
     return elapsed / n
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and every process below it (from /proc):
+    here, this process (the clients) and the Ray it started (proxy, replicas, controller, raylet)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(f[1])
+            used[int(d.name)] = (int(f[11]) + int(f[12])) / tick  # utime, stime
+    total, todo = used.get(root, 0.0), [root]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            total += used[c]
+            todo.append(c)
+    return total
+
+
 def floor(model_dir: Path, images: list[bytes], batch_size: int) -> dict[str, float]:
-    """In-process costs on one thread: denoise in batches (the floor: the best of batch sizes 1, 4
-    and ``batch_size``, each the best of 3 timings), and per image the batch-1 denoise, reading the
-    PNG and writing the answer PNG."""
+    """In-process CPU costs on one thread: denoise in batches (the floor: the best of batch sizes 1,
+    4 and ``batch_size``, each the best of 3 timings), and per image the batch-1 denoise, reading
+    the PNG and writing the answer PNG."""
     torch.set_num_threads(1)
     model = tuner.load_model(model_dir)
     x = [load_image(b, model, "bench") for b in images]
@@ -121,8 +148,17 @@ def floor(model_dir: Path, images: list[bytes], batch_size: int) -> dict[str, fl
             "decode_ms": 1e3 * decode, "encode_ms": 1e3 * min(_clock(encode, 0.5) for _ in range(3))}
 
 
-def load(port: int, images: list[bytes], clients: int, requests: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads send POST /denoise until ``requests`` are answered or ``seconds`` pass."""
+def idle_cpu(seconds: float = 5.0) -> float:
+    """CPU seconds per second the service and Ray use with no requests (health checks, polling)."""
+    cpu0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
+    time.sleep(seconds)
+    return (cpu_seconds(os.getpid()) - cpu0) / (time.perf_counter() - t0)
+
+
+def load(port: int, images: list[bytes], clients: int, requests: int, seconds: float,
+         idle: float = 0.0) -> dict[str, Any]:
+    """``clients`` threads send POST /denoise until ``requests`` are answered or ``seconds`` pass.
+    ``idle``: CPU seconds per second the service burns anyway, subtracted from the CPU per request."""
     lock = threading.Lock()
     state = {"next": 0}
     latencies: list[float] = []
@@ -160,14 +196,15 @@ def load(port: int, images: list[bytes], clients: int, requests: int, seconds: f
         t.start()
     warm.wait()
     deadline[0] = time.perf_counter() + seconds
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     go.wait()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(os.getpid()) - cpu0
     lat = np.array(latencies) * 1e3
     return {"n": len(lat), "ips": len(lat) / wall, "p50": float(np.percentile(lat, 50)),
-            "p99": float(np.percentile(lat, 99)), "errors": errors}
+            "p99": float(np.percentile(lat, 99)), "cpu_ms": 1e3 * (cpu - idle * wall) / max(len(lat), 1),
+            "errors": errors}
 
 
 def _get_json(port: int, path: str) -> dict[str, Any]:
@@ -200,18 +237,20 @@ def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args) -> list[d
         for replicas in args.replicas:
             serve.run(app_builder({"model_dir": str(model_dir), "replicas": replicas,
                                    "max_batch_size": args.max_batch_size}), name="bench", route_prefix="/")
+            idle = idle_cpu()
+            print(f"replicas {replicas}: idle service uses {idle:.3f} CPU-s per s", flush=True)
             for size in args.sizes:
                 for clients in args.clients:
                     before = _get_json(port, "/model")["replica"]
-                    r = load(port, images[size], clients, args.requests, args.seconds)
+                    r = load(port, images[size], clients, args.requests, args.seconds, idle)
                     after = _get_json(port, "/model")["replica"]
                     batches = after["batches"] - before["batches"]
-                    r.update(replicas=replicas, size=size, clients=clients,
+                    r.update(replicas=replicas, size=size, clients=clients, idle=idle,
                              mean_batch=(after["images"] - before["images"]) / batches
                              if replicas == 1 and batches else None)
                     print(f"replicas {replicas} {size}x{size} clients {clients:2d}: {r['ips']:7.1f} images/s, "
                           f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms ({r['n']} requests, "
-                          f"{len(r['errors'])} errors)", flush=True)
+                          f"{len(r['errors'])} errors; {r['cpu_ms']:.1f} CPU ms per request)", flush=True)
                     rows.append(r)
     finally:
         serve.shutdown()
@@ -222,39 +261,52 @@ def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args) -> list[d
 def report(rows: list[dict[str, Any]], floors: dict[int, dict[str, float]], args, load_avg) -> str:
     body = ["## Serving (`bench_serve.py`)", "",
             describe_machine(1) + f" Load average (1 min) {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} at the "
-            "end: other engineers' tests shared the 2 cores, and the clients run on them too.", "",
+            "end, on 2 cores: other engineers' tests ran beside it, and the clients run on the same cores.", "",
             f"Command: `{command_line()}`", "",
-            "In-process floor (`tuner.denoise` on decoded images, one thread, the best of batch sizes 1, 4 and "
-            f"{args.max_batch_size}) and the per-image costs a request adds in-process:", ""]
+            "In-process floor: `tuner.denoise` on decoded images on one thread, the best of batch sizes 1, 4 and "
+            f"{args.max_batch_size}, in images per CPU-second of that thread (CPU time, which the machine's "
+            "other load does not inflate); and the CPU a request adds in-process per image:", ""]
     frows = [[f"{s}x{s}", f"{f['floor_ips']:.0f}", f['floor_batch'], f"{f['single_ms']:.2f}", f"{f['decode_ms']:.2f}",
               f"{f['encode_ms']:.2f}"] for s, f in floors.items()]
-    body += [table(["image", "floor images/s", "at batch", "denoise 1 image, ms", "read PNG, ms", "write PNG, ms"],
-                   frows), ""]
+    body += [table(["image", "floor images/CPU-s", "at batch", "denoise 1 image, CPU ms", "read PNG, CPU ms",
+                    "write PNG, CPU ms"], frows), ""]
+    idle = " and ".join(dict.fromkeys(f"{r['idle']:.3f}" for r in rows))
     srows = []
     for r in rows:
         f = floors[r["size"]]
         srows.append([r["replicas"], f"{r['size']}x{r['size']}", r["clients"], f"{r['ips']:.0f}",
-                      f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['ips'] / f['floor_ips']:.3f}",
+                      f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['ips'] / f['floor_ips']:.3f}", f"{r['cpu_ms']:.1f}",
+                      f"{1e3 / r['cpu_ms'] / f['floor_ips']:.3f}",
                       "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", r["n"], len(r["errors"])])
     body += [f"Ray Serve on 127.0.0.1 (`tuner.serve`, `--max-batch-size {args.max_batch_size}`), each cell at most "
-             f"{args.requests} requests or {args.seconds:g} s:", "",
-             table(["replicas", "image", "clients", "images/s", "p50 ms", "p99 ms", "vs floor", "mean batch",
-                    "requests", "errors"], srows), ""]
+             f"{args.requests} requests or {args.seconds:g} s. *images/s* and latencies are wall-clock, on cores "
+             "shared with the rest of the machine's load; *CPU ms / request* is the CPU time all processes of the "
+             "service and the clients used per request (from /proc), less what the idle service uses anyway "
+             f"({idle} CPU-s per s with 1 and 2 replicas, measured for 5 s before their cells), which that load "
+             "does not change:", "",
+             table(["replicas", "image", "clients", "images/s", "p50 ms", "p99 ms", "images/s vs floor",
+                    "CPU ms / request", "CPU vs floor", "mean batch", "requests", "errors"], srows), ""]
     one = {(r["replicas"], r["size"], r["clients"]): r for r in rows}
     lines = []
-    for size in floors:
+    for size, f in floors.items():
+        inproc = 1e3 / f["floor_ips"] + f["decode_ms"] + f["encode_ms"]
+        best = min((r for r in rows if r["size"] == size), key=lambda r: r["cpu_ms"], default=None)
+        if best:
+            lines.append(f"- {size}x{size}: a request costs {best['cpu_ms']:.1f} CPU ms in all (at best: "
+                         f"{best['replicas']} replica(s), {best['clients']} clients, mean batch "
+                         f"{best['mean_batch'] or 0:.1f}) against {inproc:.2f} CPU ms in-process (read + batched "
+                         f"denoise + write): **{best['cpu_ms'] - inproc:.1f} CPU ms of overhead per request** "
+                         f"(HTTP client and server, Serve's proxy, the call to the replica, FastAPI).")
         r1 = one.get((1, size, 1))
         if r1:
-            f = floors[size]
-            inproc = f["single_ms"] + f["decode_ms"] + f["encode_ms"]
-            lines.append(f"- {size}x{size}, one client: p50 {r1['p50']:.1f} ms per request against {inproc:.2f} ms of "
-                         f"in-process work (read + denoise + write): **{r1['p50'] - inproc:.1f} ms per request** "
-                         f"of HTTP, proxy and replica call.")
-    target = [r for r in rows if r["size"] == 28 and r["clients"] == 32]
-    for r in target:
+            lines.append(f"  One client, one replica: p50 {r1['p50']:.1f} ms against "
+                         f"{f['single_ms'] + f['decode_ms'] + f['encode_ms']:.2f} CPU ms of in-process work.")
+    for r in (r for r in rows if r["size"] == 28 and r["clients"] == 32):
         ratio = r["ips"] / floors[28]["floor_ips"]
         lines.append(f"- Target (32 clients, 28x28, {r['replicas']} replica(s)): {r['ips']:.0f} images/s = "
-                     f"{ratio:.3f} of the in-process floor; target 0.5: **{'met' if ratio >= 0.5 else 'missed'}**.")
+                     f"{ratio:.3f} of the in-process floor (p99 {r['p99']:.0f} ms); by CPU, "
+                     f"{1e3 / r['cpu_ms'] / floors[28]['floor_ips']:.3f}; target 0.5: "
+                     f"**{'met' if ratio >= 0.5 else 'missed'}**.")
     body += ["Summary:", "", *lines]
     return "\n".join(body)
 

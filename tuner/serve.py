@@ -200,8 +200,7 @@ def check_model_dir(model_dir: str) -> None:
     Raises:
         ValueError: one line naming the folder and the problem.
     """
-    if not isinstance(load_model(model_dir), torch.nn.Module):  # pragma: no cover - load_model raises
-        raise ValueError(f"{model_dir}: not a model")
+    load_model(model_dir)  # raises ValueError naming the folder and what is wrong with it
     _metrics(model_dir)
 
 
