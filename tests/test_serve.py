@@ -141,11 +141,9 @@ def _wait_gone(procs: dict[int, str], seconds: float = 30) -> list[int]:
     return _alive(procs)
 
 
-def _wait_healthy(url: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
+def _wait_healthy(url: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"tuner serve exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
         try:
             if requests.get(f"{url}/healthz", timeout=5).text == "ok\n":
                 return
@@ -192,7 +190,7 @@ def test_serve_flags_are_checked(flags, models, capsys):
     _one_line(capsys.readouterr().err)
 
 
-def test_tuner_serve_serves_until_interrupted(models, images, tmp_path):
+def test_tuner_serve_serves_until_interrupted(models, images):
     """The real command in a subprocess: it says where it serves, answers, and Ctrl-C (SIGINT) ends
     it and every Ray process it started. Runs before the module's service exists (one Ray at a time)."""
     import threading
