@@ -181,6 +181,20 @@ def test_serve_refuses_a_bad_model_folder_before_ray_starts(case, models, tmp_pa
     assert ray.is_initialized() == was_running  # no Ray was started
 
 
+def test_serve_refuses_a_port_in_use_before_ray_starts(models, capsys):
+    import ray
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        was_running = ray.is_initialized()
+        assert main(["serve", str(models["conv"]), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert "cannot listen on 127.0.0.1:" in err
+    assert ray.is_initialized() == was_running
+
+
 @pytest.mark.parametrize("flags", [["--port", "0"], ["--port", "70000"], ["--replicas", "0"],
                                    ["--max-batch-size", "0"], ["--gpus-per-replica", "-1"]])
 def test_serve_flags_are_checked(flags, models, capsys):

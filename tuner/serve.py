@@ -219,6 +219,8 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
     import ray
 
     check_model_dir(args.model_dir)
+    if not address:
+        _check_port(host, port)
     log.info("starting Ray%s", f" (joining {address})" if address else " locally")
     if address:
         ray.init(address=address)
@@ -240,6 +242,20 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
             serve.delete("tuner") if address else serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line before Ray starts if Serve's proxy could not listen on host:port."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # As uvicorn binds: a port that a stopped server left in TIME_WAIT is free; a listening one is not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port "
+                         f"or --host") from None
 
 
 def _interrupt(signum, frame) -> None:
