@@ -44,7 +44,7 @@ from tuner.denoise import denoise, load_image, load_model, to_pil
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 2**20  # 16 MiB: a PNG/JPEG near the 50M-pixel limit fits; more is refused (413)
+MAX_BODY_BYTES = 16 * 2**20  # 16 MiB: a noisy 12-megapixel grayscale PNG fits; a bigger body is refused (413)
 BODY_NAME = "request body"  # what error messages call the uploaded image
 
 
