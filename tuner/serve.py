@@ -134,10 +134,12 @@ class Denoiser:
         except (DatasetError, ValueError) as e:  # not an image, truncated, a size a dense model refuses
             raise Refused(400, str(e)) from None
         y = await self.denoise_batch(x)
+        if isinstance(y, Exception):
+            raise y  # Serve answers 500; the other requests of the batch were answered
         return Response(await asyncio.to_thread(_png, y), media_type="image/png")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def denoise_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def denoise_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
         """Denoise the requests that arrived together, one forward pass per image size."""
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(images))
@@ -145,10 +147,13 @@ class Denoiser:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(images):
             groups.setdefault(tuple(x.shape), []).append(i)
-        out: list[Optional[torch.Tensor]] = [None] * len(images)
+        out: list[Optional[torch.Tensor | Exception]] = [None] * len(images)
         for idx in groups.values():
             batch = torch.stack([images[i] for i in idx])  # (B, C, H, W)
-            y = await asyncio.to_thread(denoise, self.model, batch, len(idx))
+            try:
+                y = await asyncio.to_thread(denoise, self.model, batch, len(idx))
+            except Exception as e:  # e.g. out of GPU memory on one big image: fail only its size's requests
+                y = [e] * len(idx)
             for i, yi in zip(idx, y):
                 out[i] = yi
         return out  # type: ignore[return-value]
