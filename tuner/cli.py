@@ -1,4 +1,4 @@
-"""The ``tuner`` command: a thin shell over spec -> search -> report -> denoise.
+"""The ``tuner`` command: a thin shell over spec -> search -> report -> denoise -> serve.
 
 Flags choose where and how big (storage, address, resources, sample count); the YAML spec
 says what is searched. Bad input ends in one line on stderr and exit code 2.
@@ -32,6 +32,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
+
+
 def _resource(text: str) -> float:
     try:
         value = float(text)
@@ -43,7 +50,7 @@ def _resource(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tuner`` argument parser with its ``tune``, ``report`` and ``denoise`` subcommands."""
+    """The ``tuner`` argument parser with its ``tune``, ``report``, ``denoise`` and ``serve`` subcommands."""
     parser = _Parser(prog="tuner", description="Find the best denoising autoencoder for a set of images.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -83,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="corrupt the inputs with the model's evaluation noise first (a demo); "
                         "writes the noisy inputs beside the outputs")
     d.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
+
+    s = sub.add_parser("serve", help="serve an exported model over HTTP with Ray Serve (blocks until Ctrl-C)",
+                       description="POST /denoise (one PNG/JPEG in, the denoised PNG out), GET /model, "
+                                   "GET /healthz.")
+    s.add_argument("model_dir", help="an exported model folder, e.g. runs/quickstart/best")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on; default 127.0.0.1 (this "
+                   "machine only); 0.0.0.0 exposes the service to the network")
+    s.add_argument("--port", type=_port, default=8000, help="HTTP port; default 8000")
+    s.add_argument("--replicas", type=_positive_int, default=1, help="copies of the model, one Ray actor "
+                   "(and one CPU) each; default 1")
+    s.add_argument("--gpus-per-replica", type=_resource, default=0.0,
+                   help="GPUs per replica; fractions pack replicas on one GPU, e.g. 0.25; default 0")
+    s.add_argument("--max-batch-size", type=_positive_int, default=16,
+                   help="most concurrent requests denoised in one forward pass; default 16")
+    s.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
+                   "'ray up'; default: start a local Ray")
     return parser
 
 
@@ -95,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tuner.spec import SpecError
 
     try:
-        return {"tune": _tune, "report": _report, "denoise": _denoise}[args.command](args)
+        return {"tune": _tune, "report": _report, "denoise": _denoise, "serve": _serve}[args.command](args)
     except (SpecError, DatasetError, ValueError, OSError) as e:  # OSError: a missing, unreadable or clashing path
         msg = " ".join(str(e).split())
         sys.stderr.write(f"tuner: error: {msg}\n")
@@ -150,4 +173,13 @@ def _denoise(args: argparse.Namespace) -> int:
 
     written = denoise_files(args.model, args.inputs, args.out, add_noise=args.add_noise, seed=args.seed)
     print(f"denoised {len(written)} image(s) into {args.out}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tuner.serve import ServeArgs, serve_forever
+
+    serve_forever(ServeArgs(model_dir=args.model_dir, replicas=args.replicas,
+                            gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size),
+                  host=args.host, port=args.port, address=args.address)
     return 0

@@ -38,6 +38,13 @@ class DatasetError(Exception):
     """A dataset cannot be loaded; the message is one line meant for the user."""
 
 
+class ImageTooLarge(DatasetError):
+    """An image whose header claims more than :data:`MAX_IMAGE_PIXELS` pixels (refused before decoding)."""
+
+
+MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs: more pixels than this is an error
+
+
 @dataclass
 class Splits:
     """Train / validation / test images of one dataset.
@@ -184,21 +191,31 @@ def _missing(name: str, data_dir: Path) -> str:
             f"put torchvision's files there, or use an offline dataset: {', '.join(OFFLINE_DATASETS)}")
 
 
-def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
-    """Read one PNG/JPEG as (C, H, W) uint8, converted to 1 or 3 channels.
+def read_image(source: Path | bytes, channels: Optional[int] = None, name: Optional[str] = None) -> np.ndarray:
+    """Read one PNG/JPEG (a file, or its bytes) as (C, H, W) uint8, converted to 1 or 3 channels.
+
+    Args:
+        source: a path, or the file's content (e.g. an HTTP request body).
+        channels: 1 or 3 to convert to; None keeps grayscale as 1 and everything else as 3.
+        name: what error messages call the image; default the path.
 
     Raises:
-        DatasetError: the file is missing, not an image, truncated, or implausibly large.
+        ImageTooLarge: the header claims more than ``MAX_IMAGE_PIXELS`` pixels (nothing decoded).
+        DatasetError: the file is missing, not an image, or truncated.
     """
+    import io
+
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs: more pixels is an error (below)
+    name = name or str(source)
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x the limit; a 60 kB PNG of 60M black pixels
-            # would still be decoded and denoised, so the warning is an error here.
+            # would still be decoded and denoised, so the warning is an error here. Image.open
+            # reads the header only: a too-large image is refused before any pixel is decoded.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         with im:
             im.load()
             if channels is None:
@@ -208,11 +225,11 @@ def read_image(path: Path, channels: Optional[int] = None) -> np.ndarray:
             im = im.convert("L" if channels == 1 else "RGB")
             a = np.array(im, dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
+        raise DatasetError(f"{name}: no such file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DatasetError(f"{path}: image too large (over {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise ImageTooLarge(f"{name}: image too large (over {MAX_IMAGE_PIXELS:,} pixels)") from None
     except Exception as e:  # UnidentifiedImageError, OSError (truncated), ValueError (bad mode)
-        raise DatasetError(f"{path}: not a readable PNG/JPEG image ({type(e).__name__})") from None
+        raise DatasetError(f"{name}: not a readable PNG/JPEG image ({type(e).__name__})") from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 

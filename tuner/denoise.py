@@ -127,8 +127,6 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
     Raises:
         ValueError / DatasetError: one-line messages for bad inputs.
     """
-    from PIL import Image
-
     model = load_model(model_dir)
     config = model.config  # type: ignore[attr-defined]
     noise = _eval_noise(config)  # checked by load_model
@@ -143,24 +141,50 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
     generator = torch.Generator().manual_seed(seed)
     written = []
     for src, rel in jobs:
-        x = torch.from_numpy(read_image(src, model.channels)).float().div_(255.0)  # (C, H, W)
-        if model.fixed_size is not None and tuple(x.shape[-2:]) != tuple(model.fixed_size):
-            h, w = model.fixed_size
-            raise ValueError(f"{src}: {x.shape[-2]}x{x.shape[-1]} image, but this model (dense) takes only "
-                             f"{h}x{w} images; resize it, or use a model with arch conv and bottleneck conv")
+        x = load_image(src, model)  # (C, H, W)
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         if add_noise:
             x = corrupt(x[None], noise, generator)[0]
             noisy_path = dest.with_name(dest.stem + "_noisy.png")
-            _save(x, noisy_path, Image)
+            to_pil(x).save(noisy_path)
             written.append(noisy_path)
-        _save(denoise(model, x), dest, Image)
+        to_pil(denoise(model, x)).save(dest)
         written.append(dest)
     log.info("denoised %d image(s) into %s", len(jobs), out)
     return written
 
 
-def _save(x: torch.Tensor, path: Path, Image) -> None:
+def load_image(source: str | Path | bytes, model: DenoisingAutoencoder, name: str | None = None) -> torch.Tensor:
+    """Read a PNG/JPEG (a file or its bytes) as the model's input: what ``tuner denoise`` and
+    ``tuner serve`` both do to an image before denoising it.
+
+    Args:
+        source: a path, or the file's content.
+        model: a loaded model; the image is converted to its channel count (1 or 3).
+        name: what error messages call the image; default the path.
+
+    Returns:
+        (C, H, W) float32 in [0, 1].
+
+    Raises:
+        tuner.data.ImageTooLarge: over the pixel limit (refused from the header, before decoding).
+        DatasetError: not an image, or truncated.
+        ValueError: a dense model given another size than the one it takes.
+    """
+    name = name or str(source)
+    x = torch.from_numpy(read_image(Path(source) if isinstance(source, str) else source,
+                                    model.channels, name)).float().div_(255.0)  # (C, H, W)
+    if model.fixed_size is not None and tuple(x.shape[-2:]) != tuple(model.fixed_size):
+        h, w = model.fixed_size
+        raise ValueError(f"{name}: {x.shape[-2]}x{x.shape[-1]} image, but this model (dense) takes only "
+                         f"{h}x{w} images; resize it, or use a model with arch conv and bottleneck conv")
+    return x
+
+
+def to_pil(x: torch.Tensor):
+    """(C, H, W) floats in [0, 1] -> an 8-bit grayscale or RGB ``PIL.Image`` (rounded, clipped)."""
+    from PIL import Image
+
     a = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (C, H, W)
-    Image.fromarray(a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))).save(path)
+    return Image.fromarray(a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0)))
