@@ -61,7 +61,7 @@ class TrialConfig:
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
     max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t)
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # weights, batch order and training noise
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where native (CUDA, AVX512-BF16/AMX CPUs), else fp32
 
     def __post_init__(self) -> None:
         # Noise checks kind, level and level_max together: fail at load time, not in a trial.
