@@ -43,11 +43,9 @@ def test_more_cpus_than_the_machine_has_exits_2(tmp_path, capsys):
     assert "lower --cpus-per-trial to at most" in errors[0]
 
 
-@pytest.fixture
-def head_of_cluster_yaml(tmp_path, monkeypatch):
-    """HOME with ~/ray_bootstrap_config.yaml = cluster.yaml, as `ray up` leaves it on the head."""
-    (tmp_path / "ray_bootstrap_config.yaml").write_text((ROOT / "cluster.yaml").read_text())
-    monkeypatch.setenv("HOME", str(tmp_path))
+@pytest.fixture(scope="module")
+def local_ray():
+    """A connected Ray (the check reads its live nodes); the one an earlier test started will do."""
     import ray
 
     started = not ray.is_initialized()
@@ -56,6 +54,13 @@ def head_of_cluster_yaml(tmp_path, monkeypatch):
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def head_of_cluster_yaml(local_ray, tmp_path, monkeypatch):
+    """HOME with ~/ray_bootstrap_config.yaml = cluster.yaml, as `ray up` leaves it on the head."""
+    (tmp_path / "ray_bootstrap_config.yaml").write_text((ROOT / "cluster.yaml").read_text())
+    monkeypatch.setenv("HOME", str(tmp_path))
 
 
 def test_node_types_of_cluster_yaml(head_of_cluster_yaml):
