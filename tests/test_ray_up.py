@@ -177,9 +177,9 @@ def _run(tmp: Path) -> None:
     (home / ".ssh").mkdir(parents=True)
     real_home = Path.home().resolve()
     # The private /root hides what was under the real one: bind this Python (its venv and the
-    # interpreter the venv links to, e.g. pyenv's) back in.
+    # interpreter the venv links to, e.g. pyenv's) and this checkout (an editable install) back in.
     binds = []
-    for path in sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}):
+    for path in sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), ROOT.resolve()}):
         if path.is_relative_to(real_home):
             inner = home / path.relative_to(real_home)
             inner.mkdir(parents=True, exist_ok=True)
