@@ -133,7 +133,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         The :class:`SearchResult`.
 
     Raises:
-        SearchError: nothing to resume, a run of that name exists already, or no trial succeeded.
+        SearchError: nothing to resume, a run of that name exists already, no node of the cluster
+            (nor any node type its autoscaler can add) can run a trial, or no trial succeeded.
     """
     import ray
     from ray import tune
@@ -153,8 +154,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
                           f"add --resume to continue it, or pick another --name")
     data = load_dataset(**spec.dataset.model_dump())
+    joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
     _init_ray(address)
-    check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=bool(address))
+    check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=joined)
 
     eval_noise = spec.eval_noise.model_dump()
     threads = max(1, int(spec.resources.cpus_per_trial))
