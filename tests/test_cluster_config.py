@@ -118,7 +118,12 @@ def check_tuner_command(argv: list[str]) -> None:
             return
         pytest.fail(f"not a valid tuner command: {shlex.join(argv)}")
     if args.command == "tune":
-        assert (ROOT / args.spec).is_file(), f"{shlex.join(argv)}: no such spec file {args.spec}"
+        assert (ROOT / on_a_node(args.spec)).is_file(), f"{shlex.join(argv)}: no such spec file {args.spec}"
+
+
+def on_a_node(path: str) -> str:
+    """A repository path as cluster.yaml's file_mounts place it on each node (``~/tuner/...``)."""
+    return path.removeprefix("~/tuner/")
 
 
 def check_ray_command(argv: list[str]) -> None:
@@ -200,7 +205,7 @@ def test_the_documented_search_fills_a_gpu_worker(config):
     gpu_tunes = [a for a in tunes if a.gpus_per_trial]
     assert gpu_tunes, "docs/cluster.md shows no search with --gpus-per-trial"
     for args in gpu_tunes:
-        cpus = args.cpus_per_trial or load_spec(ROOT / args.spec).resources.cpus_per_trial
+        cpus = args.cpus_per_trial or load_spec(ROOT / on_a_node(args.spec)).resources.cpus_per_trial
         for w in workers:
             by_gpu = math.floor(w["GPU"] / args.gpus_per_trial + 1e-9)
             by_cpu = math.floor(w["CPU"] / cpus + 1e-9)

@@ -22,13 +22,14 @@ from typing import Any, Optional
 
 import torch
 
+from tuner.cluster import check_trial_fits
 from tuner.data import Splits, load_dataset
 from tuner.model import build_model
 from tuner.noise import Noise
 from tuner.spec import ExperimentSpec, TrialConfig
 from tuner.storage import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, STATE_FILE, absolute, exists,
                            join, write)
-from tuner.train import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, fit, psnr_per_image
+from tuner.train import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, fit, pick_device, psnr_per_image
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,29 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     import ray
 
     node = ray.get_runtime_context().get_node_id()  # nodes share an IP when simulated on one machine
+    _warn_unusable_gpu(ray.get_gpu_ids())
+    device = pick_device().type  # what fit() trains on
     for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads):
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.checkpoint(), Path(d) / STATE_FILE)
             (Path(d) / CONFIG_FILE).write_text(json.dumps(trial.to_dict(), indent=2))
-            tune.report({**epoch.metrics, "node_id": node}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**epoch.metrics, "node_id": node, "device": device}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+_gpu_warned = False
+
+
+def _warn_unusable_gpu(gpu_ids: list) -> None:
+    """Say once per worker process that Ray gave this trial a GPU that PyTorch cannot use.
+
+    The device is ``pick_device()``'s (``torch.cuda.is_available()``), never Ray's GPU ids: a node
+    may advertise a GPU (``ray start --num-gpus``, a fake cluster) without a CUDA build of torch.
+    """
+    global _gpu_warned
+    if gpu_ids and not torch.cuda.is_available() and not _gpu_warned:
+        _gpu_warned = True
+        log.warning("Ray assigned GPU %s to this trial but PyTorch has no usable CUDA device "
+                    "(torch %s); training on the CPU", ",".join(map(str, gpu_ids)), torch.__version__)
 
 
 def _trial_name(trial) -> str:
@@ -115,7 +134,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         The :class:`SearchResult`.
 
     Raises:
-        SearchError: nothing to resume, a run of that name exists already, or no trial succeeded.
+        SearchError: nothing to resume, a run of that name exists already, no node of the cluster
+            (nor any node type its autoscaler can add) can run a trial, or no trial succeeded.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -136,7 +156,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if not resume:  # a resumed search reopens the study its searcher saved
         study_storage = _open_study(spec, run_dir)
     data = load_dataset(**spec.dataset.model_dump())
+    joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
     _init_ray(address)
+    check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=joined)
 
     eval_noise = spec.eval_noise.model_dump()
     threads = max(1, int(spec.resources.cpus_per_trial))
