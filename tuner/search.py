@@ -137,6 +137,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         SearchError: nothing to resume, a run of that name exists already, no node of the cluster
             (nor any node type its autoscaler can add) can run a trial, or no trial succeeded.
     """
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
