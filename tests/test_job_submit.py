@@ -81,9 +81,13 @@ class LocalHead:
         self.env.update(
             RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,  # Ray 2.60's default for a new head
             RAY_USAGE_STATS_ENABLED="0",
+            # A private HOME: `ray start` would otherwise leave ~/.ray/auth_token in the user's home,
+            # which turns on token auth (and its warning) for every later Ray on the machine.
+            HOME=str(tmp / "home"),
             # The job's `python` must be this interpreter, whatever PATH the tests ran with.
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         )
+        (tmp / "home").mkdir(exist_ok=True)
         self.log = open(tmp / "ray-start.log", "w")
         self.proc = subprocess.Popen(
             [*ray_cli(), "start", "--head", "--block", "--num-cpus=2", "--num-gpus=0",

@@ -84,13 +84,26 @@ def tiny(tiny_run):
     return spec, result, write_report(result.run_dir)
 
 
+def _complete(spec, index: Path) -> int:
+    """Trials the run's study database holds as COMPLETE (ran to the end): what importances rank.
+    Asynchronous ASHA decides how many of tiny's 4 trials that is (1 to 3), by their timing."""
+    import optuna
+
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{index.parent.parent / 'study.db'}")
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def _figures(spec, index: Path) -> dict[str, int]:
+    return {**FIGURES, "importance": FIGURES["importance"] if _complete(spec, index) >= 2 else 0}
+
+
 def test_page_has_every_section_with_its_figures(tiny):
     spec, result, index = tiny
     assert index == Path(result.run_dir, "report", "index.html")
     page = _parse(index)
     for section in SECTIONS:
         assert page.ids.count(section) == 1, section
-    for section, n in FIGURES.items():
+    for section, n in _figures(spec, index).items():
         assert len(page.images.get(section, [])) == n, (section, page.images.get(section))
     text = index.read_text()
     assert f"{result.metrics['test_psnr']:.2f} dB" in text  # the headline is the search's own test PSNR
@@ -114,17 +127,21 @@ def test_every_referenced_file_exists(tiny):
 def test_every_anchor_has_its_section_and_every_figure_its_file(tiny):
     """The page comes from a template: the navigation and the sections it links must agree, and
     every figure the template names must be a PNG this report drew."""
-    _, _, index = tiny
+    spec, _, index = tiny
     page = _parse(index)
     assert page.anchors == list(SECTIONS)  # the navigation, in page order
     assert [i for i in page.ids if i in SECTIONS] == list(SECTIONS)  # each anchor lands on its section
     figures = [src for srcs in page.images.values() for src in srcs]
-    assert len(figures) == sum(FIGURES.values())
+    assert len(figures) == sum(_figures(spec, index).values())
     assert sorted(figures) == sorted(p.name for p in index.parent.glob("*.png"))  # none missing, none stale
     html = index.read_text()
     assert "tuner.load_model(&#39;" in html  # autoescaped: the quotes of a path are entities
-    # 4 scored trials: the importance section says its ranking is rough.
-    assert "rough" in page.text["importance"] and "4 scored trials" in page.text["importance"]
+    # The ranking comes from the study database's trials that ran to the end (ASHA's pruned ones are
+    # left out: an early score is not comparable), too few for more than a rough ranking.
+    complete = _complete(spec, index)
+    assert 1 <= complete < spec.budget.num_samples
+    assert f"{complete} trials that ran to the end" in page.text["importance"]
+    assert ("rough" if complete >= 2 else "importances need at least 2") in page.text["importance"]
 
 
 def test_trials_csv_agrees_with_ray_tune(tiny):
@@ -177,8 +194,9 @@ def test_report_measures_the_exported_model_again(tiny):
     assert at_eval["noisy_psnr"] == pytest.approx(result.metrics["noisy_test_psnr"], abs=1e-3)
     noisy = [p["noisy_psnr"] for p in sweep]
     assert noisy == sorted(noisy, reverse=True)  # more noise, worse input
-    assert set(summary["importances"]) == set(spec.search)
-    assert sum(summary["importances"].values()) == pytest.approx(1.0)
+    if _complete(spec, index) >= 2:
+        assert set(summary["importances"]) == set(spec.search)
+        assert sum(summary["importances"].values()) == pytest.approx(1.0)
 
 
 def test_a_diverged_trial_is_reported_as_diverged(tmp_path, capsys):

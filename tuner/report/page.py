@@ -139,6 +139,7 @@ def _importance(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: str, 
 
     importances = optuna.importance.get_param_importances(study, evaluator=fanova())
     return dict(table=[(k, float(v)) for k, v in importances.items()], n_scored=len(study.trials),
+                scored=study.user_attrs["scored"],
                 rough=len(study.trials) < ROUGH_BELOW, rough_below=ROUGH_BELOW,
                 importances=figures.plot_importances(study, out),
                 parallel=figures.plot_parallel_coordinate(study, out))

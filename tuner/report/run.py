@@ -198,13 +198,13 @@ def importance_study(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stored = _stored_trials(spec, run_dir)
     if stored is not None:
-        scored, what = stored, "trial(s) ran to the end (ASHA stopped the others)"
+        scored, what = stored, "trials that ran to the end"
     else:
         distributions = {k: _optuna_distribution(d) for k, d in spec.search.items()}
         scored = [optuna.trial.create_trial(params={k: t.config[k] for k in distributions},
                                             distributions=distributions, value=t.best_val_psnr)
                   for t in trials if math.isfinite(t.best_val_psnr) and all(k in t.config for k in distributions)]
-        what = "trial(s) reported a score"
+        what = "scored trials"
     varied = [k for k in spec.search if len({json.dumps(t.params.get(k)) for t in scored}) > 1]
     if len(scored) < 2 or not varied:
         return None, (f"{len(scored)} {what} and {len(varied)} searched hyperparameter(s) took more than one "
@@ -212,6 +212,7 @@ def importance_study(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: 
                       f"hyperparameter. Run more trials (--num-samples).")
     study = optuna.create_study(direction="maximize")
     study.add_trials(scored)
+    study.set_user_attr("scored", what)  # how the page names the trials it ranks
     return study, None
 
 
