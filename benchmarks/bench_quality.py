@@ -195,8 +195,9 @@ def noise_key(config: dict) -> Optional[str]:
                  if ev.get("kind") == n.kind and ev.get("level") == n.level and not ev.get("level_max")), None)
 
 
-def quickstart_search(key: str, noise: Noise, runs: Path) -> Path:
-    """Run quickstart.yaml searched for ``noise``; returns the exported ``best/`` folder.
+def quickstart_search(key: str, noise: Noise, runs: Path) -> tuple[Path, Optional[float]]:
+    """Run quickstart.yaml searched for ``noise``; returns the exported ``best/`` folder and the
+    search's wall seconds (None when a finished search in ``runs`` was reused).
 
     The evaluation noise becomes ``noise``; the training noise keeps quickstart's range relative to
     the evaluation level (scaled by level / 0.5, its ``start_from`` level too) and takes its kind. Everything else -
@@ -217,16 +218,16 @@ def quickstart_search(key: str, noise: Noise, runs: Path) -> Path:
     run = runs / data["name"]
     if (run / "best" / "model.pt").is_file():
         print(f"{key}: reusing the search in {run}", flush=True)
-        return run / "best"
+        return run / "best", None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{data['name']}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         spec = load_spec(path)
     t = time.perf_counter()
     result = run_search(spec, storage=str(runs), verbose=0)
-    print(f"{key}: searched in {time.perf_counter() - t:.0f} s, best val_psnr {result.metrics['val_psnr']:.2f}",
-          flush=True)
-    return Path(result.best_dir)
+    seconds = time.perf_counter() - t
+    print(f"{key}: searched in {seconds:.0f} s, best val_psnr {result.metrics['val_psnr']:.2f}", flush=True)
+    return Path(result.best_dir), seconds
 
 
 # --------------------------------------------------------------------------- report
@@ -343,9 +344,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.tune:  # a search per noise no --tuner-model covers
         for key, noise in NOISES.items():
             if key not in tuners:
-                t = time.perf_counter()
-                folder = quickstart_search(key, noise, args.runs)
-                search_seconds[key] = time.perf_counter() - t
+                folder, seconds = quickstart_search(key, noise, args.runs)
+                if seconds is not None:  # searched here, not reused: the U-Net gets the same wall time
+                    search_seconds[key] = seconds
                 tuners[key] = (folder, *load_tuner_model(folder, data.shape))
         import ray
 
@@ -370,8 +371,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                                                            f"`{_shown(folder)}`", search_seconds.get(key, float("nan")))
         if args.unet:
             budget = search_seconds.get(key, args.unet_seconds)
-            for row, seconds, epochs in ((UNET_ROW, budget, None), (UNET_RECIPE_ROW, None, RECIPE_EPOCHS)):
-                unet = train_hand_unet(data, noise, seconds, threads=os.cpu_count() or 1, epochs=epochs)
+            for row, seconds, n in ((UNET_ROW, budget, None), (UNET_RECIPE_ROW, None, RECIPE_EPOCHS)):
+                unet = train_hand_unet(data, noise, seconds, threads=os.cpu_count() or 1, epochs=n)
                 results.setdefault(row, {})[key] = score(denoise_unet(unet.model, test.noisy), test,
                                                          f"{unet.epochs} epochs, {unet.seconds:.0f} s", unet.seconds)
                 print(f"  {row}: {results[row][key].psnr:.2f} dB ({unet.epochs} epochs)", flush=True)
