@@ -88,17 +88,15 @@ def test_start_from_runs_first_with_exactly_the_given_values(tmp_path):
     ({"lrr": 0.01}, "start_from[0].lrr: not searched"),
     ({"lr": 0.5}, "start_from[0].lr: 0.5 is outside the search space"),
 ])
-def test_bad_start_from_is_one_line_before_ray_starts(tmp_path, entry, fragment):
+def test_bad_start_from_is_one_line_before_ray_starts(tmp_path, capsys, entry, fragment):
     data = yaml.safe_load(TINY.read_text())
     data["start_from"] = [entry]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "tuner", "tune", str(path), "--storage", str(tmp_path / "runs")],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()  # nothing started
+    code = main(["tune", str(path), "--storage", str(tmp_path / "runs")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "runs").exists()  # refused when the spec loads: nothing started
 
 
 @pytest.mark.parametrize("make_url, fragment", [
