@@ -30,7 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from tuner.storage import STUDY_FILE, is_uri
-from tuner.train import DIVERGED_PSNR, METRIC
+from tuner.train import DIVERGED_PSNR
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,4 @@ class StudySearch(OptunaSearch):
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # told before the interruption; the study already has it
         self._completed_trials.add(trial_id)
-
-
-def searcher_states(study: optuna.Study) -> dict[str, int]:
-    """How many trials the study holds in each state (for logs and tests)."""
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    return counts
 
