@@ -323,11 +323,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/bench_quality"),
                    help="where --tune's searches go; a finished one is reused (default runs/bench_quality)")
     p.add_argument("--no-unet", dest="unet", action="store_false", help="skip the hand-tuned U-Net row")
-    p.add_argument("--unet-seconds", type=float, default=180.0,
-                   help="the U-Net's wall-clock budget where no search ran here (default 180: the quickstart's)")
+    p.add_argument("--unet-seconds", type=float, nargs="+", default=[180.0],
+                   help="the U-Net's wall-clock budget where no search ran here: one value, or one per noise in "
+                        "the order gaussian 0.5, gaussian 0.1, impulse 0.1 (the reused searches' times); "
+                        "default 180: the quickstart's")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1 on a shared 2-core machine)")
     p.add_argument("--write", action="store_true", help="write the results section into docs/benchmarks.md")
     args = p.parse_args(argv)
+    if len(args.unet_seconds) not in (1, len(NOISES)):
+        p.error(f"--unet-seconds takes 1 or {len(NOISES)} values, got {len(args.unet_seconds)}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data: Splits = load_dataset("mnist5k")
@@ -370,7 +374,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             results.setdefault(TUNER_ROW, {})[key] = score(denoise_with_tuner(model, test.noisy, 500), test,
                                                            f"`{_shown(folder)}`", search_seconds.get(key, float("nan")))
         if args.unet:
-            budget = search_seconds.get(key, args.unet_seconds)
+            given = args.unet_seconds if len(args.unet_seconds) > 1 else args.unet_seconds * len(NOISES)
+            budget = search_seconds.get(key, dict(zip(NOISES, given)).get(key, given[0]))
             for row, seconds, n in ((UNET_ROW, budget, None), (UNET_RECIPE_ROW, None, RECIPE_EPOCHS)):
                 unet = train_hand_unet(data, noise, seconds, threads=os.cpu_count() or 1, epochs=n)
                 results.setdefault(row, {})[key] = score(denoise_unet(unet.model, test.noisy), test,

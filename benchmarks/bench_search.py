@@ -191,8 +191,11 @@ def plot(runs: dict[int, dict[str, pd.DataFrame]], path: Path, floor: float) -> 
     fig = Figure(figsize=(8, 4.6), dpi=100)
     ax = fig.subplots()
     for arm, label in ARMS.items():
-        curves = np.stack([anytime(arms[arm], longest) for arms in runs.values()])  # (seeds, epochs)
-        spent = max(len(arms[arm]) for arms in runs.values())
+        have = [arms[arm] for arms in runs.values() if arm in arms]
+        if not have:
+            continue
+        curves = np.stack([anytime(f, longest) for f in have])  # (seeds with this arm, epochs)
+        spent = max(len(f) for f in have)
         x = np.arange(1, spent + 1)
         mean = curves.mean(0)[:spent]
         line, = ax.plot(x, mean, label=label, lw=2.2 if arm == FINAL else 1.4,
@@ -205,7 +208,8 @@ def plot(runs: dict[int, dict[str, pd.DataFrame]], path: Path, floor: float) -> 
     ax.set_ylim(bottom=lo - 1.0)
     ax.set_xlabel("epochs spent (all trials)")
     ax.set_ylabel("best val_psnr so far (dB)")
-    ax.set_title(f"Anytime search quality, mean and min-max over {len(runs)} seeds")
+    counts = sorted({sum(arm in arms for arms in runs.values()) for arm in ARMS} - {0})
+    ax.set_title(f"Anytime search quality, mean and min-max over {' or '.join(map(str, counts))} seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.subplots_adjust(left=0.09, right=0.98, top=0.93, bottom=0.11)
@@ -227,21 +231,32 @@ def asha_floor(grace: int, rf: float, max_epochs: int) -> float:
 
 def report(runs: dict[int, dict[str, pd.DataFrame]], spec_budget: dict, load: tuple) -> str:
     """The markdown: per arm the final quality, epochs spent and epochs to within 0.25 dB; the target."""
-    seeds = sorted(runs)
-    refs = {s: max(f[METRIC].max() for f in runs[s].values()) for s in seeds}
-    head = ["arm", "best val_psnr, mean (min-max) dB", "epochs spent, mean", f"epochs to within {WITHIN_DB} dB "
-            f"of the best any arm found, per seed", "reached on", "pooled epochs to there / random_end's"]
+    seeds = sorted(s for s in runs if FINAL in runs[s] and BASELINE in runs[s])  # the target's seeds
+    refs = {s: max(f[METRIC].max() for f in runs[s].values()) for s in runs}
+    head = ["arm", "seeds run", "best val_psnr, mean (min-max) dB", "epochs spent, mean", f"epochs to within "
+            f"{WITHIN_DB} dB of the best any arm found, per seed", "reached on",
+            "pooled epochs to there / random_end's (same seeds)"]
     body = []
-    pooled_base = sum((epochs_to(runs[s][BASELINE], refs[s] - WITHIN_DB) or len(runs[s][BASELINE])) for s in seeds)
     for arm, label in ARMS.items():
-        best = [runs[s][arm][METRIC].max() for s in seeds]
-        to = [epochs_to(runs[s][arm], refs[s] - WITHIN_DB) for s in seeds]
-        pooled = sum(t if t is not None else len(runs[s][arm]) for s, t in zip(seeds, to))
-        body.append([f"`{arm}`: {label}", f"{statistics.mean(best):.2f} ({min(best):.2f}-{max(best):.2f})",
-                     f"{statistics.mean(len(runs[s][arm]) for s in seeds):.0f}",
+        mine = [s for s in sorted(runs) if arm in runs[s] and BASELINE in runs[s]]
+        if not mine:
+            continue
+        best = [runs[s][arm][METRIC].max() for s in mine]
+        to = [epochs_to(runs[s][arm], refs[s] - WITHIN_DB) for s in mine]
+        pooled = sum(t if t is not None else len(runs[s][arm]) for s, t in zip(mine, to))
+        pooled_base = sum((epochs_to(runs[s][BASELINE], refs[s] - WITHIN_DB) or len(runs[s][BASELINE]))
+                          for s in mine)
+        body.append([f"`{arm}`: {label}", ", ".join(map(str, mine)),
+                     f"{statistics.mean(best):.2f} ({min(best):.2f}-{max(best):.2f})",
+                     f"{statistics.mean(len(runs[s][arm]) for s in mine):.0f}",
                      ", ".join("-" if t is None else str(t) for t in to),
-                     f"{sum(t is not None for t in to)} of {len(seeds)}", f"{pooled / pooled_base:.2f}"])
+                     f"{sum(t is not None for t in to)} of {len(mine)}", f"{pooled / pooled_base:.2f}"])
     parts = [table(head, body), ""]
+    partial = [s for s in sorted(runs) if len(runs[s]) < len(ARMS)]
+    if partial:
+        parts += [f"Seeds {', '.join(map(str, partial))} ran only "
+                  + "; ".join(f"{s}: {', '.join(f'`{a}`' for a in runs[s])}" for s in partial)
+                  + ": their 'best any arm found' is the best of those arms.", ""]
     # The target: tpe_warm reaches random_end's final best in at most half random_end's epochs, pooled.
     need = [(epochs_to(runs[s][FINAL], runs[s][BASELINE][METRIC].max()), len(runs[s][FINAL]), len(runs[s][BASELINE]))
             for s in seeds]
@@ -264,7 +279,8 @@ def report(runs: dict[int, dict[str, pd.DataFrame]], spec_budget: dict, load: tu
          f"{floor:.2f}", "", ""],
     ]), ""]
     parts.append(
-        f"What it means: each arm's search spent the epochs in the third column on the same budget of trials. "
+        f"What it means: each arm's search spent the epochs in the *epochs spent* column on the same budget "
+        f"of trials. "
         f"*Epochs to within {WITHIN_DB} dB* is the compute a user pays before the search holds a model about as good "
         f"as any arm found with that seed ('-': never). The floor: with max_epochs {e}, grace period {g} and reduction "
         f"factor {rf:g}, even a perfect successive halving trains every trial to epoch {g} and a 1/{rf:g} share on, "
@@ -285,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=1000, help="mnist5k images per split, 0 for all (default 1000)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="run only these arms (default all)")
     parser.add_argument("--save", type=Path, help="folder for every epoch of every trial, as CSV per arm and seed")
-    parser.add_argument("--from-saved", type=Path, metavar="DIR", help="report on a --save folder without searching")
+    parser.add_argument("--from-saved", type=Path, nargs="+", metavar="DIR",
+                        help="report on --save folders without searching (a later folder's arm and seed "
+                             "replaces an earlier one's)")
     parser.add_argument("--write", action="store_true", help="replace this section of docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.arms:
@@ -296,9 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     budget = dict(yaml.safe_load(args.space.read_text())["budget"], max_epochs=args.epochs)
     if args.from_saved:
-        meta = json.loads((args.from_saved / "run.json").read_text())
-        runs = {s: {a: pd.read_csv(args.from_saved / f"{a}_s{s}.csv") for a in ARMS} for s in meta["seeds"]}
-        load, command, limit, trials = tuple(meta["load"]), meta["command"], meta["limit"], meta["trials"]
+        runs, metas = {}, []
+        for folder in args.from_saved:
+            if (folder / "run.json").exists():
+                metas.append(json.loads((folder / "run.json").read_text()))
+            for arm in ARMS:
+                for csv in sorted(folder.glob(f"{arm}_s*.csv")):
+                    runs.setdefault(int(csv.stem.rsplit("_s", 1)[1]), {})[arm] = pd.read_csv(csv)
+        runs = dict(sorted(runs.items()))
+        meta = metas[0]
+        load = (max(m["load"][0] for m in metas), max(m["load"][1] for m in metas))
+        command = "; ".join(dict.fromkeys(m["command"] for m in metas))
+        limit, trials = meta["limit"], meta["trials"]
     else:
         from tuner import search
 
@@ -326,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`{args.space.resolve().relative_to(REPO)}`'s space and scheduler (ASHA grace period "
             f"{budget['grace_period']}, reduction factor {budget['reduction_factor']:g}) on `mnist5k` "
             f"({f'limit {limit} images per split' if limit else 'all of it'}), {trials} trials of at most "
-            f"{args.epochs} epochs per search, 2 at a time, seeds {', '.join(map(str, sorted(runs)))}.",
+            f"{args.epochs} epochs per search, 2 at a time, seeds {', '.join(map(str, sorted(runs)))}"
+            f"{' (not every arm on every seed: see below)' if any(len(a) < len(ARMS) for a in runs.values()) else ''}.",
             f"![anytime curves](figures/{FIGURE.name})",
             body,
         ])

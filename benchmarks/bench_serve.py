@@ -1,8 +1,9 @@
 """Serving throughput and latency (issue 14): ``tuner serve``'s Ray Serve application on localhost
 against the in-process floor.
 
-The service is the real application (:func:`tuner.serve.app_builder`) behind Ray Serve's HTTP
-proxy on 127.0.0.1; the clients are threads of this process, each with its own keep-alive HTTP
+The service is the real application (:func:`tuner.serve.app_builder`) on 127.0.0.1, behind Ray
+Serve's HTTP proxy (``tuner serve``) and behind HAProxy (``tuner serve --haproxy``, Ray Serve's
+high-throughput mode); the clients are threads of this process, each with its own keep-alive HTTP
 connection, sending one PNG per request and reading the denoised PNG back. For 28x28 and 256x256
 grayscale images, 1, 8 and 32 concurrent clients, 1 and 2 replicas: images per second and p50 /
 p99 latency. Every cell is bounded by ``--requests`` and ``--seconds`` (whichever comes first),
@@ -17,10 +18,10 @@ process involved (this one with the clients, and the Ray it started) per request
 shared with other work, that is the number the load does not move, and the difference to the
 in-process CPU per image is the per-request overhead of HTTP, Ray Serve's proxy and the replica call.
 
-The model is the quickstart's best architecture (conv, depth 1, width 8, 64 latent channels) with
-untrained weights (the arithmetic, not the values, sets the speed), or ``--model runs/NAME/best``.
+The model is the quickstart's best architecture (the two-level U-Net) with untrained weights (the
+arithmetic, not the values, sets the speed), or ``--model runs/NAME/best``.
 
-    python benchmarks/bench_serve.py                       # ~3 minutes on 2 cores
+    python benchmarks/bench_serve.py                       # ~6 minutes on 2 cores
     python benchmarks/bench_serve.py --requests 600 --seconds 30 --write
 """
 from __future__ import annotations
@@ -54,8 +55,12 @@ SIZES = (28, 256)
 CLIENTS = (1, 8, 32)
 REPLICAS = (1, 2)
 N_IMAGES = 16  # distinct images per size, sent round-robin
-# The quickstart's best model in the README (2026-11-22): conv, depth 1, width 8, 64 latent channels.
-QUICKSTART_BEST = TrialConfig(arch="conv", depth=1, width=8, latent_dim=64, loss="mse")
+# The quickstart's best model in the README (2026-11-23): the two-level U-Net (depth 2, width 16, two
+# convs per level, skips, batch norm, 64 latent channels).
+QUICKSTART_BEST = TrialConfig(arch="conv", depth=2, width=16, latent_dim=64, convs_per_stage=2, skip=True,
+                              batch_norm=True, loss="bce")
+MODEL_WORDS = "a two-level U-Net: depth 2, width 16, two 3x3 convs per level, skips, batch norm"
+INGRESSES = {"proxy": "Serve's HTTP proxy (default)", "haproxy": "HAProxy (`--haproxy`)"}
 
 
 def export_untrained(folder: Path, size: int = 28) -> Path:
@@ -221,14 +226,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args) -> list[dict[str, Any]]:
-    """Every (replicas, size, clients) cell against one Ray Serve started here."""
+def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args, ingress: str) -> list[dict[str, Any]]:
+    """Every (replicas, size, clients) cell against one Ray Serve started here, behind ``ingress``."""
     import ray
     from ray import serve
 
-    from tuner.serve import app_builder
+    from tuner.serve import HAPROXY_ENV, app_builder
 
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
+    for k in HAPROXY_ENV:  # read by the processes ray.init starts, as `tuner serve --haproxy` sets them
+        if ingress == "haproxy":
+            os.environ[k] = HAPROXY_ENV[k]
+        else:
+            os.environ.pop(k, None)
     ray.init(address="local", num_cpus=max(REPLICAS), include_dashboard=False, log_to_driver=False)
     port = _free_port()
     rows = []
@@ -238,17 +248,17 @@ def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args) -> list[d
             serve.run(app_builder({"model_dir": str(model_dir), "replicas": replicas,
                                    "max_batch_size": args.max_batch_size}), name="bench", route_prefix="/")
             idle = idle_cpu()
-            print(f"replicas {replicas}: idle service uses {idle:.3f} CPU-s per s", flush=True)
+            print(f"{ingress} replicas {replicas}: idle service uses {idle:.3f} CPU-s per s", flush=True)
             for size in args.sizes:
                 for clients in args.clients:
                     before = _get_json(port, "/model")["replica"]
                     r = load(port, images[size], clients, args.requests, args.seconds, idle)
                     after = _get_json(port, "/model")["replica"]
                     batches = after["batches"] - before["batches"]
-                    r.update(replicas=replicas, size=size, clients=clients, idle=idle,
+                    r.update(ingress=ingress, replicas=replicas, size=size, clients=clients, idle=idle,
                              mean_batch=(after["images"] - before["images"]) / batches
                              if replicas == 1 and batches else None)
-                    print(f"replicas {replicas} {size}x{size} clients {clients:2d}: {r['ips']:7.1f} images/s, "
+                    print(f"{ingress} replicas {replicas} {size}x{size} clients {clients:2d}: {r['ips']:7.1f} images/s, "
                           f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms ({r['n']} requests, "
                           f"{len(r['errors'])} errors; {r['cpu_ms']:.1f} CPU ms per request)", flush=True)
                     rows.append(r)
@@ -259,10 +269,13 @@ def serve_cells(model_dir: Path, images: dict[int, list[bytes]], args) -> list[d
 
 
 def report(rows: list[dict[str, Any]], floors: dict[int, dict[str, float]], args, load_avg) -> str:
+    busy = max(load_avg) > 2.5
     body = ["## Serving (`bench_serve.py`)", "",
             describe_machine(1) + f" Load average (1 min) {load_avg[0]:.2f} at the start, {load_avg[1]:.2f} at the "
-            "end, on 2 cores: other engineers' tests ran beside it, and the clients run on the same cores.", "",
+            "end, on 2 cores" + (": other work ran beside it" if busy else "") + "; the clients run on the same "
+            "cores as the service.", "",
             f"Command: `{command_line()}`", "",
+            f"Model: {'`' + str(args.model) + '`' if args.model else 'the quickstart best model architecture (' + MODEL_WORDS + '), untrained weights: the arithmetic, not the values, sets the speed'}.", "",
             "In-process floor: `tuner.denoise` on decoded images on one thread, the best of batch sizes 1, 4 and "
             f"{args.max_batch_size}, in images per CPU-second of that thread (CPU time, which the machine's "
             "other load does not inflate); and the CPU a request adds in-process per image:", ""]
@@ -270,41 +283,44 @@ def report(rows: list[dict[str, Any]], floors: dict[int, dict[str, float]], args
               f"{f['encode_ms']:.2f}"] for s, f in floors.items()]
     body += [table(["image", "floor images/CPU-s", "at batch", "denoise 1 image, CPU ms", "read PNG, CPU ms",
                     "write PNG, CPU ms"], frows), ""]
-    idle = " and ".join(dict.fromkeys(f"{r['idle']:.3f}" for r in rows))
+    idle = ", ".join(dict.fromkeys(f"{r['idle']:.3f}" for r in rows))
     srows = []
     for r in rows:
         f = floors[r["size"]]
-        srows.append([r["replicas"], f"{r['size']}x{r['size']}", r["clients"], f"{r['ips']:.0f}",
+        srows.append([r["ingress"], r["replicas"], f"{r['size']}x{r['size']}", r["clients"], f"{r['ips']:.0f}",
                       f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['ips'] / f['floor_ips']:.3f}", f"{r['cpu_ms']:.1f}",
                       f"{1e3 / r['cpu_ms'] / f['floor_ips']:.3f}",
                       "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", r["n"], len(r["errors"])])
-    body += [f"Ray Serve on 127.0.0.1 (`tuner.serve`, `--max-batch-size {args.max_batch_size}`), each cell at most "
-             f"{args.requests} requests or {args.seconds:g} s. *images/s* and latencies are wall-clock, on cores "
-             "shared with the rest of the machine's load; *CPU ms / request* is the CPU time all processes of the "
-             "service and the clients used per request (from /proc), less what the idle service uses anyway "
-             f"({idle} CPU-s per s with 1 and 2 replicas, measured for 5 s before their cells), which that load "
-             "does not change:", "",
-             table(["replicas", "image", "clients", "images/s", "p50 ms", "p99 ms", "images/s vs floor",
+    body += [f"Ray Serve on 127.0.0.1 (`tuner.serve`, `--max-batch-size {args.max_batch_size}`) behind "
+             + " or ".join(f"*{k}*: {v}" for k, v in INGRESSES.items() if k in args.ingress)
+             + f"; each cell at most {args.requests} requests or {args.seconds:g} s. *images/s* and latencies are "
+             "wall-clock; *CPU ms / request* is the CPU time all processes of the service and the clients used per "
+             "request (from /proc), less what the idle service uses anyway "
+             f"({idle} CPU-s per s, measured for 5 s before each replica count's cells):", "",
+             table(["ingress", "replicas", "image", "clients", "images/s", "p50 ms", "p99 ms", "images/s vs floor",
                     "CPU ms / request", "CPU vs floor", "mean batch", "requests", "errors"], srows), ""]
-    one = {(r["replicas"], r["size"], r["clients"]): r for r in rows}
+    one = {(r["ingress"], r["replicas"], r["size"], r["clients"]): r for r in rows}
     lines = []
-    for size, f in floors.items():
-        inproc = 1e3 / f["floor_ips"] + f["decode_ms"] + f["encode_ms"]
-        best = min((r for r in rows if r["size"] == size), key=lambda r: r["cpu_ms"], default=None)
-        if best:
-            lines.append(f"- {size}x{size}: a request costs {best['cpu_ms']:.1f} CPU ms in all (at best: "
-                         f"{best['replicas']} replica(s), {best['clients']} clients, mean batch "
-                         f"{best['mean_batch'] or 0:.1f}) against {inproc:.2f} CPU ms in-process (read + batched "
-                         f"denoise + write): **{best['cpu_ms'] - inproc:.1f} CPU ms of overhead per request** "
-                         f"(HTTP client and server, Serve's proxy, the call to the replica, FastAPI).")
-        r1 = one.get((1, size, 1))
-        if r1:
-            lines.append(f"  One client, one replica: p50 {r1['p50']:.1f} ms against "
-                         f"{f['single_ms'] + f['decode_ms'] + f['encode_ms']:.2f} CPU ms of in-process work.")
+    for ingress in dict.fromkeys(r["ingress"] for r in rows):
+        for size, f in floors.items():
+            inproc = 1e3 / f["floor_ips"] + f["decode_ms"] + f["encode_ms"]
+            best = min((r for r in rows if r["size"] == size and r["ingress"] == ingress), key=lambda r: r["cpu_ms"],
+                       default=None)
+            if best:
+                lines.append(f"- {ingress}, {size}x{size}: a request costs {best['cpu_ms']:.1f} CPU ms in all (at "
+                             f"best: {best['replicas']} replica(s), {best['clients']} clients) against {inproc:.2f} "
+                             f"CPU ms in-process (read + batched denoise + write): **{best['cpu_ms'] - inproc:.1f} CPU "
+                             "ms of overhead per request** (HTTP client and server, "
+                             + ("HAProxy, the replica's own HTTP server" if ingress == "haproxy"
+                                else "Serve's proxy, the call to the replica") + ", FastAPI).")
+            r1 = one.get((ingress, 1, size, 1))
+            if r1:
+                lines.append(f"  One client, one replica: p50 {r1['p50']:.1f} ms against "
+                             f"{f['single_ms'] + f['decode_ms'] + f['encode_ms']:.2f} CPU ms of in-process work.")
     for r in (r for r in rows if r["size"] == 28 and r["clients"] == 32):
         ratio = r["ips"] / floors[28]["floor_ips"]
-        lines.append(f"- Target (32 clients, 28x28, {r['replicas']} replica(s)): {r['ips']:.0f} images/s = "
-                     f"{ratio:.3f} of the in-process floor (p99 {r['p99']:.0f} ms); by CPU, "
+        lines.append(f"- Target (32 clients, 28x28, {r['ingress']}, {r['replicas']} replica(s)): {r['ips']:.0f} "
+                     f"images/s = {ratio:.3f} of the in-process floor (p99 {r['p99']:.0f} ms); by CPU, "
                      f"{1e3 / r['cpu_ms'] / floors[28]['floor_ips']:.3f}; target 0.5: "
                      f"**{'met' if ratio >= 0.5 else 'missed'}**.")
     body += ["Summary:", "", *lines]
@@ -320,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), choices=SIZES)
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
     parser.add_argument("--replicas", type=int, nargs="+", default=list(REPLICAS), choices=REPLICAS)
+    parser.add_argument("--ingress", nargs="+", default=list(INGRESSES), choices=list(INGRESSES),
+                        help="proxy: Serve's HTTP proxy (tuner serve); haproxy: tuner serve --haproxy")
     parser.add_argument("--write", action="store_true", help="replace this section of docs/benchmarks.md")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
@@ -330,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, f in floors.items():
             print(f"floor {s}x{s}: {f['floor_ips']:.0f} images/s; per image: denoise alone {f['single_ms']:.2f} ms, "
                   f"read {f['decode_ms']:.2f} ms, write {f['encode_ms']:.2f} ms", flush=True)
-        rows = serve_cells(model_dir, images, args)
+        rows = [r for ingress in args.ingress for r in serve_cells(model_dir, images, args, ingress)]
     text = report(rows, floors, args, (load_before, os.getloadavg()[0]))
     print(text)
     if args.write:

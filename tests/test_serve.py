@@ -4,6 +4,7 @@ with ``tuner denoise``'s; every hostile request is followed by a good one; the R
 tests start are gone at the end (checked by PID)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -204,30 +205,29 @@ def test_serve_flags_are_checked(flags, models, capsys):
     _one_line(capsys.readouterr().err)
 
 
-def test_tuner_serve_serves_until_interrupted(models, images):
-    """The real command in a subprocess: it says where it serves, answers, and Ctrl-C (SIGINT) ends
-    it and every Ray process it started. Runs before the module's service exists (one Ray at a time)."""
+@contextlib.contextmanager
+def _tuner_serve(model_dir: Path, *flags: str):
+    """``tuner serve MODEL --port P FLAGS`` in a subprocess, yielded once it says it serves, as
+    {"url", "proc", "lines", "started"}; the body ends it with SIGINT. Afterwards: it exited 0 and
+    every process it started is gone. Runs before the module's service exists (one Ray at a time)."""
     import threading
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tuner", "-q", "serve", str(models["conv"]), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "-q", "serve", str(model_dir), "--port", str(port), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_enable_metrics_collection": "0"})
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while not any(f"at http://127.0.0.1:{port}" in line for line in lines):  # printed once the app runs
+        while not any(f"at {url}" in line for line in lines):  # printed once the app runs
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
             time.sleep(0.5)
         started = _descendants(proc.pid)
         assert started, "tuner serve started no Ray processes?"
-        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=TIMEOUT).text == "ok\n"
-        r = requests.post(f"http://127.0.0.1:{port}/denoise", data=images["8x8.png"], timeout=TIMEOUT)
-        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        assert _close(_decode(r.content), _expected(models["conv"], images["8x8.png"]))
-        proc.send_signal(signal.SIGINT)
+        yield {"url": url, "proc": proc, "lines": lines, "started": started}
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -235,7 +235,52 @@ def test_tuner_serve_serves_until_interrupted(models, images):
             proc.wait()
         reader.join(10)
     assert proc.returncode == 0, "".join(lines)[-3000:]
-    assert _wait_gone(started) == [], "Ray processes left running after tuner serve stopped"
+    assert _wait_gone(started) == [], f"processes left running after tuner serve {' '.join(flags)} stopped"
+
+
+def test_tuner_serve_serves_until_interrupted(models, images):
+    """The real command: it says where it serves, answers, and Ctrl-C (SIGINT) ends it and every
+    Ray process it started."""
+    with _tuner_serve(models["conv"]) as s:
+        assert requests.get(f"{s['url']}/healthz", timeout=TIMEOUT).text == "ok\n"
+        r = requests.post(f"{s['url']}/denoise", data=images["8x8.png"], timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert _close(_decode(r.content), _expected(models["conv"], images["8x8.png"]))
+        s["proc"].send_signal(signal.SIGINT)
+
+
+def test_serve_haproxy_is_refused_on_a_cluster_before_ray_starts(models, capsys):
+    import ray
+
+    was_running = ray.is_initialized()
+    assert main(["serve", str(models["conv"]), "--haproxy", "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in err and ray.is_initialized() == was_running
+
+
+def test_tuner_serve_haproxy_answers_refuses_and_stops(models, images):
+    """``--haproxy`` (Ray Serve's high-throughput mode): HAProxy in front, requests straight to the
+    replica. Same answers, same refusals, and Ctrl-C ends every process it started."""
+    with _tuner_serve(models["conv"], "--haproxy") as s:
+        url = s["url"]
+        assert "HAProxy" in "".join(s["lines"])
+        _wait_healthy(url, 60)
+        names = []
+        for pid in _alive(_descendants(s["proc"].pid)):
+            with contextlib.suppress(OSError):  # gone in between
+                names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        assert "haproxy" in names, names  # HAProxy, not Serve's Python proxy, takes the connections
+        for name in ("8x8.png", "24x13.png"):
+            r = requests.post(f"{url}/denoise", data=images[name], timeout=TIMEOUT)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert _close(_decode(r.content), _expected(models["conv"], images[name]))
+        for name in ("not an image", "empty", "too many bytes", "wrong method", "wrong path"):
+            method, path, body, status, words = HOSTILE[name]
+            r = requests.request(method, url + path, data=body, timeout=TIMEOUT)
+            assert r.status_code == status and words in r.text, (name, r.status_code, r.text[:300])
+        assert requests.get(f"{url}/model", timeout=TIMEOUT).json()["config"]["trial"]["arch"] == "conv"
+        s["proc"].send_signal(signal.SIGINT)
 
 
 def test_serve_yaml_is_a_serve_config_for_this_app(models):

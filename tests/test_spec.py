@@ -135,6 +135,7 @@ BAD = {
     "start_from empty entry": ("search:\n  depth: {int: [1, 2]}\nstart_from:\n  - {}\n", ["start_from[0]", "empty"]),
     "start_from not a list": ("start_from: {lr: 0.1}\n", ["start_from", "list"]),
     "grace period over budget": ("budget: {max_epochs: 2, grace_period: 3}\n", ["budget:", "grace_period 3"]),
+    "time budget not positive": ("budget: {time_budget_s: 0}\n", ["budget.time_budget_s", "greater than 0"]),
     "bad name": ("name: 'a b/c'\n", ["name:", "'a b/c'"]),
     "list, not mapping": ("- a\n- b\n", ["must be a mapping", "not list"]),
     "scalar, not mapping": ("hello\n", ["must be a mapping", "not str"]),

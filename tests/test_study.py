@@ -162,3 +162,31 @@ def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
+    """budget.time_budget_s (Ray Tune's time_budget_s): trials that would run 1,000 epochs are stopped
+    where they are when it is spent, told to Optuna as PRUNED with their curves, and the best model
+    so far is exported."""
+    data = yaml.safe_load(TINY.read_text())
+    data.update(name="timed")
+    data["budget"].update(num_samples=4, max_epochs=1000, grace_period=1000, time_budget_s=15)
+    path = tmp_path / "timed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = tuner.tune(load_spec(path), storage=str(tmp_path / "runs"), report=False, verbose=0)
+    curves = [_epochs(r) for r in result.results if r.metrics_dataframe is not None]
+    assert curves and all(0 < len(c) < 1000 for c in curves)
+    study = _study(Path(result.run_dir), "timed")
+    assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.WAITING}, \
+        [(t.number, t.state) for t in study.trials]
+    assert any(t.state == TrialState.PRUNED and t.intermediate_values for t in study.trials)
+    assert (Path(result.best_dir) / "model.pt").exists()
+    assert result.metrics[METRIC] > 0
+
+
+def test_time_budget_flag_is_checked(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["tune", str(TINY), "--time-budget-s", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--time-budget-s" in err

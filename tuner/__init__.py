@@ -31,7 +31,7 @@ def tune(spec: ExperimentSpec | str | Path, *, storage: str = "./runs", address:
         spec: an :class:`ExperimentSpec` or the path of a YAML spec.
         storage, address, resume, verbose: as ``tuner tune``'s flags.
         report: write ``<run>/report/`` at the end.
-        **overrides: ``name``, ``seed``, ``num_samples``, ``max_epochs``, ``cpus_per_trial``,
+        **overrides: ``name``, ``seed``, ``num_samples``, ``max_epochs``, ``time_budget_s``, ``cpus_per_trial``,
             ``gpus_per_trial``, ``max_concurrent``, ``max_failures``.
 
     Returns:

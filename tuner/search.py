@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -181,7 +182,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
             trainable,
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=b.num_samples,
+                metric=METRIC, mode=MODE, num_samples=b.num_samples, time_budget_s=b.time_budget_s,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=b.max_concurrent),
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs,
                                         grace_period=b.grace_period, reduction_factor=b.reduction_factor),
@@ -198,7 +199,13 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                 failure_config=tune.FailureConfig(max_failures=b.max_failures),
             ),
         )
+    fit_start = time.monotonic()
     results = tuner.fit()
+    budget = spec.budget.time_budget_s
+    url = spec.study_storage or study.default_storage_url(run_dir)
+    if budget and url and time.monotonic() - fit_start >= budget:  # stopped by the time budget, not Ctrl-C
+        told = study.end_running(study.open_storage(url), spec.name, spec.budget.max_epochs)
+        log.info("time budget of %g s spent: %d running trial(s) stopped", budget, told)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
@@ -246,6 +253,9 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
     """
     ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.checkpoint is not None]
     if not ok:
+        if spec.budget.time_budget_s and not any(r.metrics for r in results):
+            raise SearchError(f"budget.time_budget_s ({spec.budget.time_budget_s:g} s) ran out before any trial "
+                              f"reported an epoch (Ray's start-up counts too); give the search more time")
         raise SearchError(f"no trial finished an epoch without diverging or failing in {run_dir}; "
                           f"see the trials' error.txt files there")
     best = max(ok, key=lambda r: max(v for v in r.metrics_dataframe[METRIC] if math.isfinite(v)))

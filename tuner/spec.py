@@ -145,6 +145,9 @@ class BudgetSpec(_Section):
     max_concurrent: Annotated[int, Field(ge=1, le=10000)] = 2  # trials running at once
     keep_checkpoints: Annotated[int, Field(ge=1, le=100)] = 2  # best checkpoints kept per trial
     max_failures: Annotated[int, Field(ge=-1, le=100)] = 2  # retries of a crashed trial (-1: forever)
+    # Wall-clock limit of the search (Ray Tune's time_budget_s): when it is spent, running trials stop
+    # where they are (told to Optuna as PRUNED), no new ones start, and the best model so far is exported.
+    time_budget_s: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None
 
     @model_validator(mode="after")
     def _grace(self) -> "BudgetSpec":
@@ -247,6 +250,9 @@ class Distribution(_Section):
         return tune.lograndint(v[0], v[1] + 1)
 
 
+_SECTION_FIELDS = {"budget": BudgetSpec.model_fields, "resources": ResourcesSpec.model_fields}
+
+
 class ExperimentSpec(_Section):
     """A whole search, as written in a ``search_spaces/*.yaml`` file."""
 
@@ -289,12 +295,13 @@ class ExperimentSpec(_Section):
 
     def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
         """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
-        ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``); None means keep."""
+        ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``); None means keep."""
         data = self.model_dump(exclude_none=True)  # None is every optional field's default
         for key, value in overrides.items():
             if value is None:
                 continue
-            section = next((s for s in ("budget", "resources") if key in data[s]), None)
+            section = next((s for s in ("budget", "resources") if key in data[s] or key in _SECTION_FIELDS[s]),
+                           None)
             if section:
                 data[section][key] = value
             else:

@@ -88,6 +88,25 @@ def load_study(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
+def end_running(storage: optuna.storages.BaseStorage, name: str, max_epochs: int) -> int:
+    """Tell the study how trials that were still running when the search's time budget ran out
+    ended: Ray Tune stops them without telling the searcher. A trial that reached ``max_epochs``
+    is ``COMPLETE`` with its best value, any other ``PRUNED`` at its last reported epoch.
+
+    Returns:
+        How many trials were told.
+    """
+    study = optuna.load_study(study_name=name, storage=storage)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        values = t.intermediate_values
+        if values and max(values) >= max_epochs:
+            study.tell(t.number, max(values.values()), state=TrialState.COMPLETE)
+        else:
+            study.tell(t.number, state=TrialState.PRUNED)
+    return len(running)
+
+
 class StudySearch(OptunaSearch):
     """Ray Tune's ``OptunaSearch``, telling the study each trial's true outcome.
 
