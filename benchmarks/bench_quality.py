@@ -363,6 +363,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     results: dict[str, dict[str, Score]] = {}
     noisy: dict[str, Score] = {}
     epochs = {k: f"{SEEDS[k].budget(args.full, args.epochs)}/{SEEDS[k].epochs}" for k in args.seeds}
+    unet_seconds = dict(zip(NOISES, args.unet_seconds * (len(NOISES) if len(args.unet_seconds) == 1 else 1)))
     for key, noise in NOISES.items():
         val = EvalSet.make(data.val, noise, EVAL_SEED)
         test = EvalSet.make(data.test, noise, EVAL_SEED + TEST_SEED_OFFSET)
@@ -374,8 +375,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             results.setdefault(TUNER_ROW, {})[key] = score(denoise_with_tuner(model, test.noisy, 500), test,
                                                            f"`{_shown(folder)}`", search_seconds.get(key, float("nan")))
         if args.unet:
-            given = args.unet_seconds if len(args.unet_seconds) > 1 else args.unet_seconds * len(NOISES)
-            budget = search_seconds.get(key, dict(zip(NOISES, given)).get(key, given[0]))
+            budget = search_seconds.get(key, unet_seconds[key])
             for row, seconds, n in ((UNET_ROW, budget, None), (UNET_RECIPE_ROW, None, RECIPE_EPOCHS)):
                 unet = train_hand_unet(data, noise, seconds, threads=os.cpu_count() or 1, epochs=n)
                 results.setdefault(row, {})[key] = score(denoise_unet(unet.model, test.noisy), test,

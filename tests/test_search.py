@@ -107,12 +107,13 @@ def test_bad_spec_subprocess_has_no_traceback(tmp_path):
     assert "search.lr" in proc.stderr and "low 1.0 > high 0.0" in proc.stderr
 
 
-def test_bad_flag_one_line(capsys):
+@pytest.mark.parametrize("flag, value", [("--num-samples", "zero"), ("--time-budget-s", "0")])
+def test_bad_flag_one_line(capsys, flag, value):
     with pytest.raises(SystemExit) as e:
-        main(["tune", str(TINY), "--num-samples", "zero"])
+        main(["tune", str(TINY), flag, value])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--num-samples" in err
+    assert err.count("\n") == 1 and flag in err
 
 
 def test_existing_run_needs_resume(tiny_run, capsys):

@@ -39,21 +39,22 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _float(text: str, what: str = "a number") -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
+def _seconds(text: str) -> float:
+    value = _float(text, "a number of seconds")
     if not (0 < value <= 1e7):
         raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
     return value
 
 
 def _resource(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _float(text)
     if not (0 <= value <= 1024):
         raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1024")
     return value

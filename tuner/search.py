@@ -4,10 +4,11 @@
 (``tune.with_parameters``) so concurrent trials on a node share one copy, and runs a
 ``Tuner`` whose trials are :func:`train_trial` - a thin adapter from Tune's config dict to
 :func:`tuner.train.fit`. The searcher is :class:`tuner.study.StudySearch` (Optuna TPE, told each
-trial's true outcome, its study in a database; the spec's ``start_from`` queued first). Each epoch reports the metrics and a checkpoint; only the best few
-checkpoints per trial are kept (ranked by ``val_psnr``). At the end the best checkpoint of the
-best trial is exported to ``<run>/best/`` with its config and its ``test_psnr``, measured
-once on the test split that no trial ever saw.
+trial's true outcome, its study in a database; the spec's ``start_from`` queued first). Each
+epoch reports the metrics and a checkpoint; only the best few checkpoints per trial are kept
+(ranked by ``val_psnr``). At the end the best checkpoint of the best trial is exported to
+``<run>/best/`` with its config and its ``test_psnr``, measured once on the test split that no
+trial ever saw.
 """
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     fit_start = time.monotonic()
     results = tuner.fit()
     budget = spec.budget.time_budget_s
-    url = spec.study_storage or study.default_storage_url(run_dir)
+    url = study.storage_url(spec, run_dir)
     if budget and url and time.monotonic() - fit_start >= budget:  # stopped by the time budget, not Ctrl-C
         told = study.end_running(study.open_storage(url), spec.name, spec.budget.max_epochs)
         log.info("time budget of %g s spent: %d running trial(s) stopped", budget, told)
@@ -230,7 +231,7 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
 
     from tuner import study
 
-    url = spec.study_storage or study.default_storage_url(run_dir)
+    url = study.storage_url(spec, run_dir)
     if url is None:
         log.warning("the Optuna study of a run in %s is kept only in the run's searcher state; "
                     "give --study-storage URL to keep it in a database", run_dir)

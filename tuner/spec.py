@@ -250,6 +250,7 @@ class Distribution(_Section):
         return tune.lograndint(v[0], v[1] + 1)
 
 
+# Where a CLI override goes: a field of one of these sections, else a top-level key.
 _SECTION_FIELDS = {"budget": BudgetSpec.model_fields, "resources": ResourcesSpec.model_fields}
 
 
@@ -300,8 +301,7 @@ class ExperimentSpec(_Section):
         for key, value in overrides.items():
             if value is None:
                 continue
-            section = next((s for s in ("budget", "resources") if key in data[s] or key in _SECTION_FIELDS[s]),
-                           None)
+            section = next((s for s, fields in _SECTION_FIELDS.items() if key in fields), None)
             if section:
                 data[section][key] = value
             else:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -31,6 +31,9 @@ from ray.tune.utils.util import unflatten_dict
 
 from tuner.storage import STUDY_FILE, is_uri
 from tuner.train import DIVERGED_PSNR
+
+if TYPE_CHECKING:
+    from tuner.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,11 @@ def default_storage_url(run_dir: str) -> Optional[str]:
     if is_uri(run_dir):
         return None
     return f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
+
+
+def storage_url(spec: "ExperimentSpec", run_dir: str) -> Optional[str]:
+    """The run's study database: the spec's ``study_storage``, else :func:`default_storage_url`."""
+    return spec.study_storage or default_storage_url(run_dir)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -220,9 +220,9 @@ def _stored_trials(spec: ExperimentSpec, run_dir: str):
     """The COMPLETE trials of the run's study database, or None when the run has none."""
     import optuna
 
-    from tuner.study import StudyError, default_storage_url, open_storage, study_exists
+    from tuner.study import StudyError, default_storage_url, open_storage, storage_url, study_exists
 
-    url = spec.study_storage or default_storage_url(run_dir)
+    url = storage_url(spec, run_dir)
     if url is None or (url == default_storage_url(run_dir) and not Path(run_dir, STUDY_FILE).exists()):
         return None
     try:
