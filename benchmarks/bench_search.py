@@ -102,7 +102,7 @@ def search_alg(arm: str, spec: ExperimentSpec):
     study.create_study(storage, spec.name, {})
     for point in arm_spec.start_from:
         optuna.load_study(study_name=spec.name, storage=storage).enqueue_trial(point)
-    searcher = study.StudySearch(max_epochs=b.max_epochs, metric=METRIC, mode=MODE,
+    searcher = study.StudySearch(max_t=b.max_epochs, metric=METRIC, mode=MODE,
                                  sampler=search.make_sampler(arm_spec), storage=storage, study_name=spec.name)
     return ConcurrencyLimiter(searcher, b.max_concurrent)
 

@@ -234,31 +234,22 @@ def _gradient(h: int, w: int, channels: int, seed: int) -> np.ndarray:
     return a[..., 0] if channels == 1 else a
 
 
-def test_folder_of_png_and_jpeg_patches(tmp_path):
-    gray = _gradient(48, 64, 1, seed=0)  # 3 x 4 patches of 16
-    rgb = _gradient(40, 40, 3, seed=1)  # 2 x 2 patches of 16 (the 8-pixel remainder is dropped)
-    Image.fromarray(gray, "L").save(tmp_path / "a.png")
+def test_folder_is_split_by_image_never_by_patch(tmp_path):
+    gray = [_gradient(48, 64, 1, seed=i) for i in range(6)]
+    for i, a in enumerate(gray[:5]):
+        Image.fromarray(a, "L").save(tmp_path / f"g{i}.png")
     (tmp_path / "sub").mkdir()
-    Image.fromarray(rgb, "RGB").save(tmp_path / "sub" / "b.JPG", quality=95)  # subfolders, any case
+    Image.fromarray(_gradient(40, 40, 3, seed=9), "RGB").save(tmp_path / "sub" / "b.JPG", quality=95)  # subfolders, any case
     (tmp_path / "notes.txt").write_text("not an image")  # ignored by suffix
 
-    s = load_dataset("folder", path=tmp_path, patch_size=16, val_fraction=0.25, test_fraction=0.25)
-    assert s.shape == (3, 16, 16)  # one RGB image makes the folder RGB
-    assert s.train.dtype == np.uint8
-    assert len(s.train) + len(s.val) + len(s.test) == 12 + 4
-    assert (len(s.val), len(s.test)) == (4, 4)
-    assert s.train_labels is None
-
-    gray_only = load_dataset("folder", path=tmp_path, patch_size=16, channels=1)
-    assert gray_only.shape == (1, 16, 16)
-
-
-def test_png_patches_are_exact_crops(tmp_path):
-    gray = _gradient(32, 48, 1, seed=2)
-    Image.fromarray(gray, "L").save(tmp_path / "g.png")
-    s = load_dataset("folder", path=tmp_path, patch_size=16)
-    crops = np.stack([gray[i:i + 16, j:j + 16] for i in (0, 16) for j in (0, 16, 32)])[:, None]
-    assert_partition(s, crops)  # PNG is lossless: the 6 patches are the image's 16x16 tiles
+    s = load_dataset("folder", path=tmp_path, patch_size=16, val_fraction=0.2, test_fraction=0.2)
+    assert s.shape == (3, 16, 16)  # one RGB image makes the folder RGB (grayscale ones repeated)
+    assert (len(s.train), len(s.val), len(s.test)) == (4, 1, 1)  # whole images, 6 in all
+    assert all(a.dtype == np.uint8 and a.shape[0] == 3 for a in s.train + s.val + s.test)
+    assert s.patches_per_epoch == sum((a.shape[1] // 16) * (a.shape[2] // 16) for a in s.train)
+    # PNG is lossless: every split holds whole source images, each in exactly one split.
+    held = [a[:1].tobytes() for a in s.train + s.val + s.test if a.shape[1:] == (48, 64)]
+    assert sorted(held) == sorted(a.tobytes() for a in gray[:5])
 
 
 def test_read_image_converts_channels(tmp_path):
@@ -292,8 +283,10 @@ def test_folder_errors(tmp_path):
         load_dataset("folder")
     with pytest.raises(DatasetError, match="no such file or folder"):
         load_dataset("folder", path=tmp_path / "missing")
-    with pytest.raises(DatasetError, match="no PNG/JPEG images"):
+    with pytest.raises(DatasetError, match="no PNG/JPEG training images"):
         load_dataset("folder", path=tmp_path)
     Image.fromarray(_gradient(20, 20, 1, seed=6), "L").save(tmp_path / "small.png")
-    with pytest.raises(DatasetError, match="only 1 patches of 16x16"):
+    with pytest.raises(DatasetError, match="small.png: 20x20, smaller than dataset.patch_size 32"):
+        load_dataset("folder", path=tmp_path, patch_size=32)
+    with pytest.raises(DatasetError, match="only 1 images, too few to split by image"):
         load_dataset("folder", path=tmp_path, patch_size=16)

@@ -63,7 +63,7 @@ def test_valid_spec_loads_and_round_trips(tmp_path):
     assert base == {"noise_kind": "gaussian", "max_epochs": 3, "seed": 3,
                     "arch": "conv", "batch_size": 32, "noise_level": 0.3}
     trial = TrialConfig(**base, depth=2, lr=1e-3)
-    assert trial.to_dict()["max_epochs"] == 3 and trial.train_noise.level == 0.3
+    assert trial.to_dict()["max_epochs"] == 3 and trial.train_noise().level == 0.3
 
     # The resolved spec saved beside a run must load back to the same spec. exclude_none: a
     # distribution is the one kind that is set, and every optional field defaults to None.

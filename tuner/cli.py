@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLAlchemy URL of the database holding the Optuna study, e.g. "
                         "postgresql://user:pass@head/optuna (overrides study_storage); "
                         "default sqlite:///STORAGE/NAME/study.db")
+    for key, what in (("path", "one folder of photos, split into train / val / test by image"),
+                      ("train-path", "the folder of training photos"),
+                      ("val-path", "the folder of validation photos (default: some of the training folder's)"),
+                      ("test-path", "the folder of test photos (default: some of the training folder's)")):
+        t.add_argument(f"--{key}", metavar="FOLDER", help=f"dataset name folder: {what} "
+                       f"(overrides dataset.{key.replace('-', '_')})")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run STORAGE/NAME")
     t.add_argument("--no-report", action="store_true", help="skip writing the HTML report at the end")
 
@@ -159,7 +165,8 @@ def _tune(args: argparse.Namespace) -> int:
         name=args.name, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, study_storage=args.study_storage,
-        time_budget_s=args.time_budget_s)
+        time_budget_s=args.time_budget_s, path=args.path, train_path=args.train_path, val_path=args.val_path,
+        test_path=args.test_path)
     result = run_search(spec, storage=args.storage, address=args.address, resume=args.resume,
                         verbose=0 if args.quiet else 1)
     if not args.no_report:

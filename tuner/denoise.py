@@ -78,7 +78,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Den
 
 def _eval_noise(config: dict[str, Any]) -> Noise:
     e = config["eval_noise"]
-    return Noise(e["kind"], e["level"], e.get("level_max"))
+    return Noise.from_dict(e)
 
 
 def _reason(e: Exception) -> str:

@@ -6,13 +6,17 @@ each halving the resolution and doubling the channels from ``width``; a bottlene
 (``bottleneck: dense``); optional batch norm (seed 004), dropout (seed 001) and U-Net skip
 connections (Ronneberger et al. 2015, suggested by seed 004). ``convs_per_stage: 2`` gives each
 resolution level two 3x3 convs, as U-Nets do; ``residual`` makes the network predict the
-corruption instead of the image (DnCNN, Zhang et al. 2017), see :class:`DenoisingAutoencoder`.
+corruption instead of the image (DnCNN, Zhang et al. 2017), in logit space or in pixel space, see
+:class:`DenoisingAutoencoder`. For photos, what denoising experts use at this scale is a 3-4 level
+residual U-Net in pixel space (DRUNet, Zhang et al. 2021; KAIR ``models/network_unet.py``):
+``depth: 3, convs_per_stage: 2, skip: true, residual: pixel, loss: mse or l1``.
 
 ``arch: dense`` is the fully connected autoencoder of seed 003: image -> ``latent_dim`` ->
 image, with ``depth - 1`` hidden layers of geometrically shrinking size in between.
 
 Both output logits; :meth:`DenoisingAutoencoder.denoise` applies the sigmoid (every seed ends
-in a sigmoid), which lets ``bce`` train on logits stably.
+in a sigmoid), which lets ``bce`` train on logits stably. The pixel-space residual outputs the
+image itself (``output_space`` is ``pixel``), clamped to [0, 1] by ``denoise``.
 """
 from __future__ import annotations
 
@@ -171,10 +175,14 @@ RESIDUAL_EPS = 1e-3  # the residual model's input is clamped to [eps, 1 - eps] b
 
 
 class DenoisingAutoencoder(nn.Module):
-    """The model the search trains and exports: logits out, ``denoise`` for images.
+    """The model the search trains and exports: logits (or pixels) out, ``denoise`` for images.
 
-    With ``residual``, the network predicts the corruption rather than the image, as DnCNN does
-    (Zhang et al. 2017, "Beyond a Gaussian Denoiser"), but in logit space so that the output
+    With ``residual: pixel``, the network predicts the corruption rather than the image, as DnCNN
+    does (Zhang et al. 2017, "Beyond a Gaussian Denoiser"): ``out = x - net(x)``, in pixel space,
+    unbounded (the standard benchmarks feed unclipped noisy inputs) and trained with ``mse`` or
+    ``l1``; ``denoise`` clamps it to [0, 1]. An untrained network starts near the identity.
+
+    With ``residual: logit``, the residual is taken in logit space so that the output
     stays a logit: ``logits = logit(clamp(x, eps, 1 - eps)) - net(x)``. The output image
     ``sigmoid(logits)`` is then always in (0, 1) with no clipping (which would stop gradients
     on the many saturated pixels of digits), ``bce`` still trains on logits, and an untrained
@@ -189,19 +197,27 @@ class DenoisingAutoencoder(nn.Module):
         cls = ConvAutoencoder if config.arch == "conv" else DenseAutoencoder
         self.net = cls(config, channels, height, width)
         self.channels = channels
-        self.residual = config.residual
+        self.residual = config.residual  # none | logit | pixel
+        self.output_space = "pixel" if self.residual == "pixel" else "logit"  # what forward returns
         self.fixed_size = self.net.fixed_size  # None: any image size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) noisy images in [0, 1] -> (B, C, H, W) logits of the clean images."""
-        if self.residual:
+        """(B, C, H, W) noisy images (in [0, 1], or around it for unclipped noise) -> (B, C, H, W)
+        logits of the clean images, or the clean images themselves when ``output_space`` is pixel."""
+        if self.residual == "pixel":
+            return x - self.net(x)  # the predicted corruption, removed (DnCNN)
+        if self.residual == "logit":
             return torch.logit(x.clamp(RESIDUAL_EPS, 1 - RESIDUAL_EPS)) - self.net(x)  # the corruption, removed
         return self.net(x)
 
+    def to_image(self, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s output -> images in [0, 1]."""
+        return out.clamp(0.0, 1.0) if self.output_space == "pixel" else torch.sigmoid(out)
+
     @torch.no_grad()
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) noisy images in [0, 1] -> (B, C, H, W) denoised images in [0, 1]."""
-        return torch.sigmoid(self(x))
+        """(B, C, H, W) noisy images -> (B, C, H, W) denoised images in [0, 1]."""
+        return self.to_image(self(x))
 
     @torch.no_grad()
     def latent(self, x: torch.Tensor) -> torch.Tensor:

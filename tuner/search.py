@@ -95,7 +95,7 @@ def _trial_name(trial) -> str:
 
 
 def _eval_noise(spec: dict[str, Any]) -> tuple[Noise, int]:
-    return Noise(spec["kind"], spec["level"], spec.get("level_max")), int(spec["seed"])
+    return Noise.from_dict(spec), int(spec["seed"])
 
 
 # ---------------------------------------------------------------- the driver
@@ -156,9 +156,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if not resume and started:
         raise SearchError(f"a run named {spec.name!r} exists in {storage}; "
                           f"add --resume to continue it, or pick another --name")
+    data = load_dataset(**spec.dataset.model_dump())  # a bad folder fails here, before a study or Ray exists
     if not resume:  # a resumed search reopens the study its searcher saved
         study_storage = _open_study(spec, run_dir)
-    data = load_dataset(**spec.dataset.model_dump())
     joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
     _init_ray(address)
     check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=joined)
@@ -177,15 +177,17 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                  spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         b = spec.budget
-        searcher = study.StudySearch(max_epochs=b.max_epochs, metric=METRIC, mode=MODE, sampler=make_sampler(spec),
-                                     storage=study_storage, study_name=spec.name)
+        searcher = study.StudySearch(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
+                                     sampler=make_sampler(spec), storage=study_storage, study_name=spec.name)
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, num_samples=b.num_samples, time_budget_s=b.time_budget_s,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=b.max_concurrent),
-                scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs,
+                # Rungs in epochs, or in training seconds so that a small fast model and a large slow one
+                # are compared after the same compute (budget.time_attr).
+                scheduler=ASHAScheduler(time_attr=b.time_attr, max_t=b.max_t,
                                         grace_period=b.grace_period, reduction_factor=b.reduction_factor),
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
                 # A trial of a few seconds would otherwise pay for a fresh worker process and a
@@ -205,7 +207,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     budget = spec.budget.time_budget_s
     url = study.storage_url(spec, run_dir)
     if budget and url and time.monotonic() - fit_start >= budget:  # stopped by the time budget, not Ctrl-C
-        told = study.end_running(study.open_storage(url), spec.name, spec.budget.max_epochs)
+        told = study.end_running(study.open_storage(url), spec.name, spec.budget.max_epochs)  # epochs: see end_running
         log.info("time budget of %g s spent: %d running trial(s) stopped", budget, told)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
@@ -270,7 +272,10 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
     noise, seed = spec.eval_noise.noise(), spec.eval_noise.seed
     val = EvalSet.make(data.val, noise, seed)
     test = EvalSet.make(data.test, noise, seed + TEST_SEED_OFFSET)
-    val_scores, test_scores = evaluate(model, val), evaluate(model, test)
+    # test_psnr as the benchmarks score it: each whole image, the output rounded to 8 bits (KAIR),
+    # large images denoised in tiles exactly as `tuner denoise` does.
+    val_scores = evaluate(model, val)
+    test_scores = evaluate(model, test, quantize=True, denoiser=_tiled)
     metrics = {
         METRIC: val_scores["psnr"],
         "val_ssim": val_scores["ssim"],
@@ -280,6 +285,7 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
         "noisy_val_psnr": float(psnr_per_image(val.noisy, val.clean).mean()),
         "noisy_test_psnr": float(psnr_per_image(test.noisy, test.clean).mean()),
         "epoch": int(state["epoch"]),
+        "train_seconds": float(state.get("train_seconds", 0.0)),
         "trial_id": best.metrics.get("trial_id"),
     }
     config = {
@@ -305,11 +311,17 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
     return best_dir, trial.to_dict(), metrics
 
 
+def _tiled(model, noisy: torch.Tensor) -> torch.Tensor:
+    from tuner.denoise import denoise
+
+    return denoise(model, noisy)
+
+
 def _model_readme(config: dict, metrics: dict) -> str:
     c, h, w = config["image_shape"]
     return (f"# tuner model: {config['experiment']}\n\n"
             f"A denoising autoencoder for {c}x{h}x{w} images ({config['dataset']['name']}), chosen on "
-            f"`{config['metric']}` under {config['eval_noise']['kind']} noise {config['eval_noise']['level']}.\n\n"
+            f"`{config['metric']}` under {Noise.from_dict(config['eval_noise']).describe()} noise.\n\n"
             f"- validation PSNR {metrics[METRIC]:.2f} dB (noisy input {metrics['noisy_val_psnr']:.2f} dB)\n"
             f"- test PSNR {metrics['test_psnr']:.2f} dB, SSIM {metrics['test_ssim']:.3f} "
             f"(noisy input {metrics['noisy_test_psnr']:.2f} dB)\n\n"

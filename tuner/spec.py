@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from tuner.data import KNOWN_SHAPES, DatasetName
+from tuner.data import KNOWN_SHAPES, PHOTO_CHANNELS, PHOTO_DATASETS, DatasetName
 from tuner.model import check_model
 from tuner.noise import Noise, NoiseKind
 
@@ -44,7 +44,9 @@ class TrialConfig:
     batch_norm: bool = True  # batch norm after each conv (seed 004)
     skip: bool = False  # U-Net skip connections (conv arch)
     convs_per_stage: Literal[1, 2] = 1  # 3x3 convs per resolution level (conv arch); 2 as in a U-Net
-    residual: bool = False  # predict the corruption and subtract it, in logit space (DnCNN; tuner.model)
+    # none | logit | pixel: predict the corruption and subtract it (DnCNN): in logit space (digits,
+    # bce; true means logit) or in pixel space (photos, mse/l1: output = input - net(input)); tuner.model
+    residual: Literal["none", "logit", "pixel"] = "none"
     # --- training noise (tuner.noise); evaluation noise is fixed by the experiment ---
     noise_kind: NoiseKind = "gaussian"  # gaussian | impulse | mask
     noise_level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5  # std, or pixel fraction
@@ -59,9 +61,15 @@ class TrialConfig:
     plateau_patience: Annotated[int, Field(ge=0, le=1000)] = 0  # >0: ReduceLROnPlateau x0.2 (seed 001); constant only
     loss: Literal["mse", "bce", "l1"] = "mse"  # training loss; selection is always val_psnr
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 64
-    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t)
+    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # epochs a trial may run (ASHA's max_t by epochs)
+    max_train_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None  # training seconds a trial may run
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # weights, batch order and training noise
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where native (CUDA, AVX512-BF16/AMX CPUs), else fp32
+
+    @field_validator("residual", mode="before")
+    @classmethod
+    def _residual_bool(cls, v: Any) -> Any:  # specs and models from before pixel space said true / false
+        return {True: "logit", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     def __post_init__(self) -> None:
         # Noise checks kind, level and level_max together: fail at load time, not in a trial.
@@ -72,13 +80,18 @@ class TrialConfig:
         if self.plateau_patience > 0 and self.lr_schedule != "constant":
             raise ValueError(f"plateau_patience {self.plateau_patience} reduces a constant learning rate; "
                              f"lr_schedule {self.lr_schedule} sets it already (use one or the other)")
+        if self.residual == "pixel" and self.loss == "bce":
+            raise ValueError("loss bce needs outputs in (0, 1); residual pixel outputs input - net(input), "
+                             "unbounded: use loss mse or l1 with it (or residual logit)")
         if self.noise_kind != "gaussian" and max(self.noise_level, self.noise_level_max or 0.0) > 1:
             raise ValueError(f"noise_kind {self.noise_kind} hits a fraction of pixels: "
                              f"noise_level and noise_level_max must be <= 1")
 
-    @property
-    def train_noise(self) -> Noise:
-        return Noise(self.noise_kind, self.noise_level, self.noise_level_max)
+    def train_noise(self, eval_noise: Optional[Noise] = None) -> Noise:
+        """The training noise: this trial's kind and level, clipped and quantized as the experiment's
+        evaluation noise is (a model trained on unclipped noise is tested on unclipped noise)."""
+        e = eval_noise or Noise()
+        return Noise(self.noise_kind, self.noise_level, self.noise_level_max, e.clip, e.quantize)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,9 +99,9 @@ class TrialConfig:
 
 HYPERPARAMETERS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
 # Pairs of fields that TrialConfig checks together: searched together, every combination must be valid.
-_COUPLED = ("arch", "convs_per_stage", "lr_schedule", "plateau_patience")
-# Set by the experiment, not by fixed/search: one seed and one epoch budget per search.
-_FROM_EXPERIMENT = ("max_epochs", "seed")
+_COUPLED = ("arch", "convs_per_stage", "lr_schedule", "plateau_patience", "residual", "loss")
+# Set by the experiment, not by fixed/search: one seed and one budget per search.
+_FROM_EXPERIMENT = ("max_epochs", "max_train_seconds", "seed")
 
 
 class SpecError(Exception):
@@ -113,34 +126,68 @@ class _Section(BaseModel):
 class DatasetSpec(_Section):
     name: DatasetName = "mnist5k"  # which images
     data_dir: str = "./data"  # torchvision datasets are read from / downloaded to here
-    path: Optional[str] = None  # folder of PNG/JPEG images (name: folder)
-    patch_size: Annotated[int, Field(ge=4, le=1024)] = 32  # folder images are cut into these squares
-    channels: Optional[Literal[1, 3]] = None  # folder: force grayscale (1) or RGB (3)
+    # folder (photos, any size): one folder split by image, or a train folder with its own val/test folders
+    path: Optional[str] = None  # one folder of PNG/JPEG images, split into train / val / test by image
+    train_path: Optional[str] = None  # the training images (instead of path)
+    val_path: Optional[str] = None  # with train_path: validation images (default: val_fraction of train's)
+    test_path: Optional[str] = None  # with train_path: test images (default: test_fraction of train's)
+    patch_size: Annotated[int, Field(ge=4, le=1024)] = 32  # photos: side of the random training crops
+    augment: bool = True  # photos: each crop flipped / rotated by one of 8 random modes (DnCNN, KAIR)
+    patches_per_epoch: Optional[Annotated[int, Field(ge=1, le=10**9)]] = None  # photos: default, the crops tiling the train images once
+    channels: Optional[Literal[1, 3]] = None  # photos: grayscale (1) or RGB (3); default what the images are
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     test_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # shuffle before splitting
-    limit: Optional[Annotated[int, Field(ge=8)]] = None  # keep at most this many images per split
+    limit: Optional[Annotated[int, Field(ge=1)]] = None  # keep at most this many images per split
+
+    @model_validator(mode="after")
+    def _folders(self) -> "DatasetSpec":
+        given = [k for k in ("path", "train_path", "val_path", "test_path") if getattr(self, k) is not None]
+        if self.name != "folder" and given:
+            raise ValueError(f"{given[0]}: only for name folder (this dataset is {self.name})")
+        if self.name == "folder":
+            if self.path is None and self.train_path is None:
+                raise ValueError("name folder needs path (one folder, split by image) or train_path "
+                                 "(with optional val_path and test_path)")
+            if self.path is not None and len(given) > 1:
+                raise ValueError(f"{given[1]}: give either path (one folder, split by image) or "
+                                 f"train_path/val_path/test_path, not both")
+        return self
 
 
 class NoiseSpec(_Section):
     kind: NoiseKind = "gaussian"
-    level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5
+    level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5  # on the [0, 1] scale
+    sigma: Optional[Annotated[float, Field(gt=0.0, le=510.0, allow_inf_nan=False)]] = None  # gaussian: the std on the 0-255 scale (level = sigma / 255)
     level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None
+    clip: bool = True  # gaussian: clip noisy images to [0, 1]; false is the benchmarks' standard (DnCNN, KAIR)
+    quantize: bool = False  # gaussian: also round them to 8 bits, as a real noisy photo is (needs clip)
     seed: Annotated[int, Field(ge=0, le=2**32 - 2)] = 1234  # the evaluation corruption is drawn once from this seed
 
     @model_validator(mode="after")
     def _consistent(self) -> "NoiseSpec":
-        self.noise()  # Noise checks kind, level and level_max together
+        if self.sigma is not None:
+            if self.kind != "gaussian":
+                raise ValueError(f"sigma is the Gaussian std on the 0-255 scale; kind {self.kind} takes level (a fraction)")
+            if "level" in self.model_fields_set and not math.isclose(self.level, self.sigma / 255, rel_tol=1e-9):
+                raise ValueError(f"give level ({self.level:g}, 0-1 scale) or sigma ({self.sigma:g}, 0-255 scale), "
+                                 f"not both (sigma {self.sigma:g} is level {self.sigma / 255:.6g})")
+            self.level = self.sigma / 255
+        self.noise()  # Noise checks kind, level, level_max, clip and quantize together
         return self
 
     def noise(self) -> Noise:
-        return Noise(self.kind, self.level, self.level_max)
+        return Noise(self.kind, self.level, self.level_max, self.clip, self.quantize)
 
 
 class BudgetSpec(_Section):
     num_samples: Annotated[int, Field(ge=1, le=100000)] = 8  # trials
-    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # per trial (ASHA max_t)
-    grace_period: Annotated[int, Field(ge=1)] = 1  # ASHA: epochs before a trial may be stopped
+    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # per trial (ASHA max_t when time_attr is epoch)
+    # What ASHA's rungs count (Ray's time_attr): epoch, or train_seconds, the seconds a trial has
+    # trained, so trials of different cost meet at equal compute; then max_train_seconds is max_t.
+    time_attr: Literal["epoch", "train_seconds"] = "epoch"
+    max_train_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None  # per trial, with time_attr train_seconds
+    grace_period: Annotated[float, Field(gt=0.0, le=1e7)] = 1  # ASHA: time_attr units before a trial may be stopped
     reduction_factor: Annotated[float, Field(gt=1.0, le=100.0)] = 3.0  # ASHA: keep 1/rf at each rung
     max_concurrent: Annotated[int, Field(ge=1, le=10000)] = 2  # trials running at once
     keep_checkpoints: Annotated[int, Field(ge=1, le=100)] = 2  # best checkpoints kept per trial
@@ -151,9 +198,27 @@ class BudgetSpec(_Section):
 
     @model_validator(mode="after")
     def _grace(self) -> "BudgetSpec":
-        if self.grace_period > self.max_epochs:
-            raise ValueError(f"grace_period {self.grace_period} > max_epochs {self.max_epochs}")
+        if self.time_attr == "epoch":
+            if self.max_train_seconds is not None:
+                raise ValueError("max_train_seconds needs time_attr train_seconds (the budget is in epochs now)")
+            if self.grace_period != int(self.grace_period):
+                raise ValueError(f"grace_period {self.grace_period:g}: counts epochs under time_attr epoch, a whole number")
+            self.grace_period = int(self.grace_period)
+        elif self.max_train_seconds is None:
+            raise ValueError("time_attr train_seconds needs max_train_seconds: the training seconds of a trial "
+                             "that runs to the end")
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period {self.grace_period:g} > {self.max_t_key} {self.max_t:g}")
         return self
+
+    @property
+    def max_t(self) -> float:
+        """ASHA's ``max_t``: a whole trial, in ``time_attr`` units."""
+        return self.max_epochs if self.time_attr == "epoch" else self.max_train_seconds
+
+    @property
+    def max_t_key(self) -> str:
+        return "max_epochs" if self.time_attr == "epoch" else "max_train_seconds"
 
 
 class ResourcesSpec(_Section):
@@ -251,7 +316,8 @@ class Distribution(_Section):
 
 
 # Where a CLI override goes: a field of one of these sections, else a top-level key.
-_SECTION_FIELDS = {"budget": BudgetSpec.model_fields, "resources": ResourcesSpec.model_fields}
+_SECTION_FIELDS = {"budget": BudgetSpec.model_fields, "resources": ResourcesSpec.model_fields,
+                   "dataset": ("path", "train_path", "val_path", "test_path")}  # where the photos are, not dataset.name
 
 
 class ExperimentSpec(_Section):
@@ -274,13 +340,19 @@ class ExperimentSpec(_Section):
         """(C, H, W) when known without reading data, else None."""
         if self.dataset.name in KNOWN_SHAPES:
             return KNOWN_SHAPES[self.dataset.name]
-        if self.dataset.name == "folder":
-            return (self.dataset.channels or 0, self.dataset.patch_size, self.dataset.patch_size)
+        if self.dataset.name in PHOTO_DATASETS:
+            return (self.dataset.channels or PHOTO_CHANNELS.get(self.dataset.name, 0),
+                    self.dataset.patch_size, self.dataset.patch_size)
         return None
 
     def base_config(self) -> dict[str, Any]:
-        """The fixed part of every trial's config: defaults < experiment < fixed."""
-        base = {"noise_kind": self.eval_noise.kind, "max_epochs": self.budget.max_epochs, "seed": self.seed}
+        """The fixed part of every trial's config: defaults < experiment < fixed. Training noise
+        defaults to the evaluation noise."""
+        e = self.eval_noise
+        base = {"noise_kind": e.kind, "noise_level": e.level, "noise_level_max": e.level_max,
+                "max_epochs": self.budget.max_epochs, "max_train_seconds": self.budget.max_train_seconds,
+                "seed": self.seed}
+        base = {k: v for k, v in base.items() if v is not None}  # unset: TrialConfig's default
         base.update(self.fixed)
         return base
 
@@ -296,12 +368,18 @@ class ExperimentSpec(_Section):
 
     def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
         """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
-        ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``); None means keep."""
+        ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, and the photo
+        folders ``path``, ``train_path``, ``val_path``, ``test_path``); None means keep."""
         data = self.model_dump(exclude_none=True)  # None is every optional field's default
         for key, value in overrides.items():
             if value is None:
                 continue
             section = next((s for s, fields in _SECTION_FIELDS.items() if key in fields), None)
+            if section == "dataset" and key == "path":  # one folder replaces the separate ones
+                for k in ("train_path", "val_path", "test_path"):
+                    data["dataset"].pop(k, None)
+            elif section == "dataset" and key == "train_path":
+                data["dataset"].pop("path", None)
             if section:
                 data[section][key] = value
             else:
@@ -314,7 +392,7 @@ def _check_hyperparameters(spec: ExperimentSpec) -> None:
     for section, keys in (("fixed", spec.fixed), ("search", spec.search)):
         for key in keys:
             if key in _FROM_EXPERIMENT:
-                where = "budget.max_epochs" if key == "max_epochs" else "seed (top level)"
+                where = f"budget.{key}" if key.startswith("max_") else "seed (top level)"
                 raise ValueError(f"{section}.{key}: set by the experiment's {where}, not here")
             if key not in HYPERPARAMETERS:
                 allowed = ", ".join(h for h in HYPERPARAMETERS if h not in _FROM_EXPERIMENT)
@@ -343,6 +421,13 @@ def _check_hyperparameters(spec: ExperimentSpec) -> None:
                                  f"together but is invalid ({msg}); fix one of them") from None
     for i, point in enumerate(spec.start_from):
         _check_start(spec, i, point, base)
+    if spec.dataset.name in PHOTO_DATASETS:  # photos of any size are scored whole
+        for key in ("arch", "bottleneck"):
+            values = spec.search[key].extremes() if key in spec.search else [base.get(key, "conv")]
+            if "dense" in values:
+                where = "search" if key in spec.search else "fixed"
+                raise ValueError(f"{where}.{key}: dense takes one image size only; photos of any size "
+                                 f"(dataset {spec.dataset.name}) need arch conv with bottleneck conv")
     shape = spec.image_shape
     if shape and shape[0] in (0, 1, 3):
         c = shape[0] or 1

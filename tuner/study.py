@@ -119,14 +119,15 @@ class StudySearch(OptunaSearch):
     """Ray Tune's ``OptunaSearch``, telling the study each trial's true outcome.
 
     Args:
-        max_epochs: a trial that reported this many epochs ran to the end.
+        max_t: a trial whose ``time_attr`` reached this ran to the end (ASHA's ``max_t``).
+        time_attr: ``epoch``, or ``train_seconds`` for budgets in training seconds.
         **kwargs: as ``OptunaSearch`` (``storage``, ``study_name``, ``sampler``,
             ``points_to_evaluate``, ``metric``, ``mode``).
     """
 
-    def __init__(self, *, max_epochs: int, **kwargs: Any):
+    def __init__(self, *, max_t: float, time_attr: str = "epoch", **kwargs: Any):
         super().__init__(**kwargs)
-        self._max_epochs = max_epochs
+        self._max_t, self._time_attr = max_t, time_attr
         self._best: dict[str, float] = {}  # trial id -> best val_psnr reported so far
 
     def suggest(self, trial_id: str) -> Optional[dict]:
@@ -172,7 +173,7 @@ class StudySearch(OptunaSearch):
             state = TrialState.PRUNED  # ended before its first epoch: nothing to rank it by
         elif result.get("diverged"):
             state, value = TrialState.COMPLETE, DIVERGED_PSNR
-        elif result.get("epoch", 0) >= self._max_epochs:
+        elif result.get(self._time_attr, 0) >= self._max_t:
             state, value = TrialState.COMPLETE, self._best.get(trial_id, result[self.metric])
         else:
             state = TrialState.PRUNED  # stopped by the scheduler at a rung

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -38,7 +38,7 @@ class BestModel:
     @property
     def eval_noise(self) -> Noise:
         e = self.config["eval_noise"]
-        return Noise(e["kind"], e["level"], e.get("level_max"))
+        return Noise.from_dict(e)
 
     @property
     def test_seed(self) -> int:
@@ -76,7 +76,12 @@ def load_best(run_dir: str) -> Optional[BestModel]:
 
 
 @torch.no_grad()
-def _denoise(model: DenoisingAutoencoder, noisy: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def _denoise(model: DenoisingAutoencoder, noisy, batch_size: int = 512):
+    """Denoised images: a tensor for a tensor, a list for photos (each whole, tiled when large)."""
+    if isinstance(noisy, list):
+        from tuner.denoise import denoise
+
+        return [denoise(model, x) for x in noisy]
     return torch.cat([model.denoise(noisy[i:i + batch_size]) for i in range(0, len(noisy), batch_size)])
 
 
@@ -95,7 +100,7 @@ def noise_sweep(best: BestModel) -> list[tuple[float, float, float]]:
     images = best.data.test[:SAMPLE]
     rows = []
     for level in levels:
-        ev = EvalSet.make(images, Noise(noise.kind, level), best.test_seed)
+        ev = EvalSet.make(images, replace(noise, level=level, level_max=None), best.test_seed)
         denoised = _denoise(best.model, ev.noisy)  # PSNR only: evaluate()'s SSIM costs more than the rest
         rows.append((level, float(psnr_per_image(denoised, ev.clean).mean()),
                      float(psnr_per_image(ev.noisy, ev.clean).mean())))

@@ -173,7 +173,7 @@ def plot_noise_sweep(best: BestModel, rows: list[tuple[float, float, float]], ou
         ax.axvspan(noise.level, noise.level_max, color="black", alpha=0.08,
                    label=f"evaluated on {noise.level:g}-{noise.level_max:g}")
     if trained.noise_kind == noise.kind:
-        t = trained.train_noise
+        t = trained.train_noise()
         if t.level_max is None:
             ax.axvline(t.level, color=BEST_COLOR, lw=1, ls="--", label=f"trained at {t.level:.3g}")
         else:

@@ -41,7 +41,7 @@ def render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best:
     data = best.data.describe() if best is not None and best.data is not None else spec.dataset.name
     e, b = spec.eval_noise, spec.budget
     page = dict(
-        metric=METRIC, name=spec.name, dataset=data, noise=Noise(e.kind, e.level, e.level_max).describe(),
+        metric=METRIC, name=spec.name, dataset=data, noise=e.noise().describe(),
         n_trials=len(trials), generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
         result=_result(best, best_id, test_psnr), checks=_checks(trials, best, test_psnr),
         compute={**dataclasses.asdict(compute), "saved_pct": compute.saved_pct},
