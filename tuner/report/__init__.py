@@ -70,7 +70,7 @@ def write_report(run_dir: str) -> Path:
     for stale in out.glob("*.png"):  # figures of an earlier report that this one may not draw
         stale.unlink()
 
-    trials = load_trials(run_dir, spec.budget.max_epochs)
+    trials = load_trials(run_dir, spec.budget.max_t, spec.budget.time_attr)
     write_trials_csv(trials, spec, out / "trials.csv")
     best = load_best(run_dir)
     page, summary = render(run_dir, spec, trials, best, out)

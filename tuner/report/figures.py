@@ -39,11 +39,11 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return name
 
 
-def _asha_rungs(spec: ExperimentSpec) -> list[int]:
-    """Epochs at which ASHA compares trials (Ray's ``_Bracket`` milestones below ``max_t``)."""
+def _asha_rungs(spec: ExperimentSpec) -> list[float]:
+    """Where ASHA compares trials, in ``time_attr`` units (Ray's ``_Bracket`` milestones below ``max_t``)."""
     b = spec.budget
     rungs, t = [], float(b.grace_period)
-    while t < b.max_epochs:
+    while t < b.max_t:
         rungs.append(t)
         t *= b.reduction_factor
     return rungs
@@ -78,15 +78,19 @@ def plot_learning_curves(trials: list[TrialSummary], spec: ExperimentSpec, best_
         elif style["marker"] and ok:
             ax.plot(*ok[-1], marker=style["marker"], color=color, ms=7, mew=2, ls="none", zorder=4)
         if is_best and t.best_epoch:
-            ax.plot(t.best_epoch, t.best_val_psnr, marker="*", color=BEST_COLOR, ms=15, mec="black",
+            ax.plot(t.best_at, t.best_val_psnr, marker="*", color=BEST_COLOR, ms=15, mec="black",
                     mew=0.6, zorder=5)
     for r in _asha_rungs(spec):
         ax.axvline(r, color="#bbbbbb", lw=0.8, ls=(0, (2, 3)), zorder=1)
     if baseline is not None:
         ax.axhline(baseline, color="black", lw=1, ls=(0, (5, 3)), zorder=1)
-    ax.set_xlim(0.7, spec.budget.max_epochs + 0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    if spec.budget.time_attr == "epoch":
+        ax.set_xlim(0.7, spec.budget.max_epochs + 0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+    else:  # ASHA's rungs count training seconds: trials of different cost meet after equal compute
+        ax.set_xlim(0, spec.budget.max_t * 1.02)
+        ax.set_xlabel("training seconds")
     ax.set_ylabel(f"{METRIC} (dB)")
     ax.grid(alpha=0.25)
     handles = [Line2D([], [], color=BEST_COLOR, lw=2.6, marker="*", ms=12, mec="black", mew=0.6,

@@ -37,7 +37,7 @@ def render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best:
     if best_id is None:
         best_id = next((t.trial_id for t in ranked(trials) if math.isfinite(t.best_val_psnr)), None)
     baseline = best.metrics["noisy_val_psnr"] if best else None
-    compute = compute_saved(trials, spec.budget.max_epochs)
+    compute = compute_saved(trials, spec.budget.max_t)
     data = best.data.describe() if best is not None and best.data is not None else spec.dataset.name
     e, b = spec.eval_noise, spec.budget
     page = dict(
@@ -45,7 +45,8 @@ def render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best:
         n_trials=len(trials), generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
         result=_result(best, best_id, test_psnr), checks=_checks(trials, best, test_psnr),
         compute={**dataclasses.asdict(compute), "saved_pct": compute.saved_pct},
-        budget=dict(max_epochs=b.max_epochs, grace_period=b.grace_period, reduction_factor=b.reduction_factor),
+        budget=dict(max_epochs=b.max_t, grace_period=b.grace_period, reduction_factor=b.reduction_factor,
+                    unit="epochs" if b.time_attr == "epoch" else "training seconds"),
         config=_best_config(spec, best, run_dir),
         curves=dict(src=figures.plot_learning_curves(trials, spec, best_id, baseline, out),
                     present=sorted({t.status for t in trials}), best_id=best_id),

@@ -37,7 +37,10 @@ class TrialSummary:
         best_val_psnr: its best ``val_psnr`` (a diverged epoch counts as
             :data:`~tuner.train.DIVERGED_PSNR`; NaN when it reported nothing).
         best_epoch: the epoch of that score.
-        curve: (epoch, val_psnr, diverged) per reported epoch.
+        curve: (budget position, val_psnr, diverged) per reported epoch; the position is in
+            ``budget.time_attr`` units: the epoch, or the training seconds so far.
+        progress: the last budget position it reported (epochs or training seconds).
+        best_at: the budget position of its best score.
         seconds: its training time (Ray's ``time_total_s``).
         failures: how often Ray restarted it after a crash.
         error: the last line of its error, if it ever failed.
@@ -54,14 +57,17 @@ class TrialSummary:
     seconds: float = 0.0
     failures: int = 0
     error: str = ""
+    progress: float = 0
+    best_at: float = 0
 
 
-def load_trials(run_dir: str, max_epochs: int) -> list[TrialSummary]:
+def load_trials(run_dir: str, max_t: float, time_attr: str = "epoch") -> list[TrialSummary]:
     """Read every trial of a run from Ray Tune's experiment state and result files.
 
     Args:
         run_dir: the run folder (local path or URI).
-        max_epochs: the budget a trial that ran to the end reached (``budget.max_epochs``).
+        max_t: the budget a trial that ran to the end reached (``budget.max_t``).
+        time_attr: what the budget counts: ``epoch`` or ``train_seconds`` (``budget.time_attr``).
 
     Returns:
         The trials in the order Ray Tune created them.
@@ -73,25 +79,30 @@ def load_trials(run_dir: str, max_epochs: int) -> list[TrialSummary]:
     trials = []
     for t in analysis.trials:
         df = frames.get(t.trial_id)
-        curve: list[tuple[int, float, bool]] = []
-        if df is not None and len(df) and "epoch" in df:
-            curve = [(int(e), float(p), bool(d)) for e, p, d in
-                     zip(df["epoch"], df[METRIC], df.get("diverged", [0] * len(df)))]
+        curve: list[tuple[float, float, bool]] = []
+        epoch_of: list[int] = []
+        if df is not None and len(df) and time_attr in df:
+            curve = [(x if time_attr != "epoch" else int(x), float(p), bool(d)) for x, p, d in
+                     zip(df[time_attr], df[METRIC], df.get("diverged", [0] * len(df)))]
+            epoch_of = [int(e) for e in df["epoch"]]
         # As Ray ranks it: a diverged epoch reports DIVERGED_PSNR, the worst finite score.
-        finite = [(p, e) for e, p, _ in curve if math.isfinite(p)]
-        best_psnr, best_epoch = max(finite) if finite else (math.nan, 0)
+        finite = [(p, i) for i, (_, p, _) in enumerate(curve) if math.isfinite(p)]
+        best_psnr, best_i = max(finite) if finite else (math.nan, None)
+        best_epoch = epoch_of[best_i] if best_i is not None else 0
+        best_at = curve[best_i][0] if best_i is not None else 0
         error = ""
         if t.run_metadata.error_filename:  # Ray sets it when it writes the trial's error.txt
             text = (t.get_error() or "").strip()
             error = text.splitlines()[-1] if text else "error.txt not found"
         seconds = float(df["time_total_s"].iloc[-1]) if curve and "time_total_s" in df else 0.0
-        epochs = curve[-1][0] if curve else 0
+        epochs = epoch_of[-1] if curve else 0
+        progress = curve[-1][0] if curve else 0
+        limit = int(t.config.get("max_epochs", max_t)) if time_attr == "epoch" else max_t
         trials.append(TrialSummary(
             trial_id=t.trial_id, config=dict(t.config), ray_status=t.status,
-            status=trial_status(t.status, epochs, bool(curve and curve[-1][2]), bool(error),
-                                int(t.config.get("max_epochs", max_epochs))),
+            status=trial_status(t.status, progress, bool(curve and curve[-1][2]), bool(error), limit),
             epochs=epochs, best_val_psnr=best_psnr, best_epoch=best_epoch, curve=curve,
-            seconds=seconds, failures=int(t.num_failures), error=error))
+            seconds=seconds, failures=int(t.num_failures), error=error, progress=progress, best_at=best_at))
     return trials
 
 
@@ -118,7 +129,7 @@ def trial_status(ray_status: str, epochs: int, diverged: bool, has_error: bool, 
         return DIVERGED
     if ray_status != "TERMINATED":
         return UNFINISHED  # the search was interrupted; `tuner tune --resume` continues it
-    return COMPLETED if epochs >= max_epochs else STOPPED
+    return COMPLETED if epochs >= max_epochs else STOPPED  # epochs and max_epochs: in budget units
 
 
 def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
@@ -166,11 +177,12 @@ class Compute:
         return 100.0 * (self.epochs_full - self.epochs_run) / self.epochs_full if self.epochs_full else 0.0
 
 
-def compute_saved(trials: list[TrialSummary], max_epochs: int) -> Compute:
-    """How much of a full search (every trial to ``max_epochs``) the run actually ran."""
-    left = {t.trial_id: max(0, max_epochs - t.epochs) for t in trials}
+def compute_saved(trials: list[TrialSummary], max_t: float) -> Compute:
+    """How much of a full search (every trial to ``max_t``) the run actually ran, in the budget's
+    units (epochs, or training seconds)."""
+    left = {t.trial_id: max(0, max_t - t.progress) for t in trials}
     asha = sum(left[t.trial_id] for t in trials if t.status == STOPPED)
-    return Compute(epochs_run=sum(t.epochs for t in trials), epochs_full=len(trials) * max_epochs,
+    return Compute(epochs_run=sum(t.progress for t in trials), epochs_full=len(trials) * max_t,
                    saved_by_asha=asha, saved_other=sum(left.values()) - asha,
                    seconds=sum(t.seconds for t in trials))
 
