@@ -89,30 +89,130 @@ def _reason(e: Exception) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
+# Measured on china.jpg with a 3-level U-Net (tests/test_tiles.py): discarding 32 px puts tiled
+# inference within 1e-3 dB of whole-image inference for a briefly trained net (max abs diff 2e-3),
+# and 2e-3 dB (max abs diff 0.15) for He-initialised weights, whose pixels see their whole
+# receptive field; 72 px, past that net's 67-px receptive field, is exact, but costs 1.9x the
+# whole image's compute at 512-px tiles against 1.3x for 32 px.
+TILE = 512  # pixels: the default largest tile side; images no larger than this go through whole
+OVERLAP = 32  # pixels each tile discards at its inner edges
+
+
+def model_multiple(model: DenoisingAutoencoder) -> int:
+    """What tile origins and sides must be multiples of: ``2**depth`` for conv models, which pad
+    their input to it at the bottom/right and down-sample with stride-2 convs, so a tile that
+    starts elsewhere sees another sampling grid than the whole image does; 1 for dense models."""
+    return int(getattr(model.net, "multiple", 1))
+
+
+def tile_size(model: DenoisingAutoencoder, tile: int | None = None, overlap: int | None = None
+              ) -> tuple[int, int] | None:
+    """The (tile, overlap) ``denoise`` uses with this model, rounded to its alignment.
+
+    Args:
+        model: a loaded model.
+        tile: the largest tile side in pixels, rounded down to a multiple of :func:`model_multiple`;
+            default :data:`TILE`; 0 turns tiling off.
+        overlap: pixels each tile discards at its inner edges, rounded up to that multiple;
+            default :data:`OVERLAP`.
+
+    Returns:
+        ``(tile, overlap)``, or None where images always go through whole (tiling off, or a
+        dense model, which takes only its training size).
+
+    Raises:
+        ValueError: a negative value, or a tile too small to keep anything after its overlap.
+    """
+    tile = TILE if tile is None else tile
+    overlap = OVERLAP if overlap is None else overlap
+    if tile < 0 or overlap < 0:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be 0 or more pixels")
+    if tile == 0 or model.fixed_size is not None:
+        return None
+    m = model_multiple(model)
+    overlap = -(-overlap // m) * m
+    least = 2 * overlap + m  # a tile keeps at least m pixels between its two discarded margins
+    if tile < least:
+        raise ValueError(f"tile {tile} px is too small for this model: at least {least} px "
+                         f"({overlap} px overlap on each side, sides multiples of {m}), or 0 for no tiling")
+    return tile // m * m, overlap
+
+
+def _tile_spans(n: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int, int, int]]:
+    """Cut one axis of ``n`` pixels into tiles: ``(start, stop, keep_start, keep_stop)`` each.
+
+    Starts are multiples of ``multiple``, and every tile but the last is ``tile`` long, so each
+    tile is padded and down-sampled on the whole image's grid; the last ends at ``n``, where the
+    model pads it exactly as it pads the whole image. Neighbours overlap by at least
+    ``2 * overlap``, and each keeps its side of the middle of the overlap, so no kept pixel is
+    nearer than ``overlap`` to an inner tile edge (whose zero padding differs from the true
+    neighbours). Cropping, not blending: each output pixel comes from the one tile it is most
+    central in. A linear blend across the overlaps measured 3-10x further from whole-image inference
+    (it mixes in the tile edges that cropping discards) and needs a second, weight, accumulator.
+    """
+    if n <= tile:
+        return [(0, n, 0, n)]
+    last = -(-(n - tile) // multiple) * multiple  # the first aligned start whose tile reaches n
+    starts = [0]
+    while starts[-1] + tile < n:
+        starts.append(min(starts[-1] + tile - 2 * overlap, last))
+    stops = [min(s + tile, n) for s in starts]
+    cuts = [0] + [(s + e) // 2 for s, e in zip(starts[1:], stops[:-1])] + [n]  # middles of the overlaps
+    return [(s, e, cuts[i], cuts[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
+
+
 @torch.no_grad()
-def denoise(model: DenoisingAutoencoder, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Denoise a batch.
+def denoise(model: DenoisingAutoencoder, images: torch.Tensor, batch_size: int = 64,
+            tile: int | None = None, overlap: int | None = None) -> torch.Tensor:
+    """Denoise a batch, large images in overlapping tiles so that memory stays bounded.
+
+    Images no larger than one tile go through whole, up to ``batch_size`` at a time but at most
+    one tile's worth of pixels per forward pass. A larger image goes through one tile at a time
+    (see :func:`tile_size` and :func:`_tile_spans`), into one output tensor: memory is the
+    input, the output and one tile's activations, whatever the image size. The result agrees
+    with whole-image inference to well under 0.01 dB (``tests/test_tiles.py``).
 
     Args:
         model: a loaded model.
         images: (B, C, H, W) or (C, H, W) floats in [0, 1] with the model's channel count.
+        batch_size: most whole images per forward pass.
+        tile: largest tile side in pixels (default :data:`TILE`; 0: never tile).
+        overlap: pixels a tile discards at its inner edges (default :data:`OVERLAP`).
 
     Returns:
-        Denoised images, same shape, in [0, 1].
+        Denoised images, same shape, in [0, 1], on the CPU.
+
+    Raises:
+        ValueError: a tile too small for the model (see :func:`tile_size`).
     """
     single = images.dim() == 3
-    x = images[None] if single else images
+    x = images[None] if single else images  # (B, C, H, W)
     device = next(model.parameters()).device
-    out = torch.cat([model.denoise(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    plan = tile_size(model, tile, overlap)
+    h, w = x.shape[-2:]
+    if plan is None or (h <= plan[0] and w <= plan[0]):
+        per_pass = batch_size if plan is None else max(1, min(batch_size, plan[0] ** 2 // (h * w)))
+        out = torch.cat([model.denoise(x[i:i + per_pass].to(device)).cpu() for i in range(0, len(x), per_pass)])
+        return out[0] if single else out
+    t, o = plan
+    m = model_multiple(model)
+    rows, cols = _tile_spans(h, t, o, m), _tile_spans(w, t, o, m)
+    out = torch.empty(x.shape, dtype=x.dtype)  # (B, C, H, W)
+    for b in range(len(x)):
+        for y0, y1, ky0, ky1 in rows:
+            for x0, x1, kx0, kx1 in cols:
+                y = model.denoise(x[b:b + 1, :, y0:y1, x0:x1].to(device))  # (1, C, y1 - y0, x1 - x0)
+                out[b, :, ky0:ky1, kx0:kx1] = y[0, :, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0].cpu()
+                del y  # free this tile's output before the next tile's forward pass
     return out[0] if single else out
 
 
 def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-                  add_noise: bool = False, seed: int = 0) -> list[Path]:
+                  add_noise: bool = False, seed: int = 0, tile: int | None = None) -> list[Path]:
     """Denoise PNG/JPEG files (or folders of them) and write PNGs of the same size.
 
     Grayscale or RGB inputs are converted to what the model expects. Convolutional models take
-    any size; dense models only their training size.
+    any size, large images in tiles (see :func:`denoise`); dense models only their training size.
 
     Args:
         model_dir: an exported model folder.
@@ -120,6 +220,7 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
         out_dir: where ``<name>.png`` outputs go (``<name>_noisy.png`` too with ``add_noise``).
         add_noise: corrupt the inputs with the model's evaluation noise first, for a demo.
         seed: the seed of that noise.
+        tile: largest tile side in pixels (default :data:`TILE`; 0: each image whole).
 
     Returns:
         The written output paths.
@@ -130,6 +231,7 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
     model = load_model(model_dir)
     config = model.config  # type: ignore[attr-defined]
     noise = _eval_noise(config)  # checked by load_model
+    tile_size(model, tile)  # a tile too small for this model fails here, before any image is read
     jobs: list[tuple[Path, Path]] = []  # (input file, output path relative to out_dir)
     for item in map(Path, inputs):
         files = image_files(item)
@@ -149,7 +251,7 @@ def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: 
             noisy_path = dest.with_name(dest.stem + "_noisy.png")
             to_pil(x).save(noisy_path)
             written.append(noisy_path)
-        to_pil(denoise(model, x)).save(dest)
+        to_pil(denoise(model, x, tile=tile)).save(dest)
         written.append(dest)
     log.info("denoised %d image(s) into %s", len(jobs), out)
     return written
@@ -186,5 +288,5 @@ def to_pil(x: torch.Tensor):
     """(C, H, W) floats in [0, 1] -> an 8-bit grayscale or RGB ``PIL.Image`` (rounded, clipped)."""
     from PIL import Image
 
-    a = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (C, H, W)
+    a = x.clamp(0, 1).mul_(255).round_().to(torch.uint8).numpy()  # (C, H, W); one float copy, not three
     return Image.fromarray(a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0)))

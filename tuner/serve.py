@@ -9,7 +9,9 @@ Endpoints of the application (one deployment, :class:`Denoiser`, with a FastAPI 
 - ``GET /healthz``: ``ok``.
 
 Requests that arrive together are denoised together (``serve.batch``, up to ``max_batch_size``),
-grouped by image size inside the batch. Bad input is refused with one line of text: 400 for an
+grouped by image size inside the batch; images larger than 512x512 go through one overlapping tile at a
+time, as in ``tuner denoise`` (:func:`tuner.denoise.denoise`), so a replica's memory stays bounded
+whatever the size of the images it is sent. Bad input is refused with one line of text: 400 for an
 empty body, a body that is not a PNG/JPEG or is truncated, or a size a dense model does not take;
 413 for a body over :data:`MAX_BODY_BYTES` (from ``Content-Length`` before reading, else while
 reading) or an image whose header claims more than ``tuner.data.MAX_IMAGE_PIXELS`` pixels (before
