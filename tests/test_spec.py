@@ -177,3 +177,13 @@ def test_unreadable_files(tmp_path):
 ], ids=["fixed band inverted", "fixed mask over 1", "eval mask over 1", "eval band inverted"])
 def test_inconsistent_noise_is_rejected_at_load_time(tmp_path, text, key):
     assert key in spec_error(write(tmp_path, text))
+
+
+def test_duplicate_key_is_refused_with_its_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: a\nbudget:\n  num_samples: 2\n  max_epochs: 3\n  num_samples: 5\n")
+    with pytest.raises(SpecError, match=r"key 'num_samples' appears twice \(lines 3 and 5\)"):
+        load_spec(path)
+    path.write_text("name: a\nfixed: {width: 8}\nfixed: {width: 16}\n")
+    with pytest.raises(SpecError, match=r"key 'fixed' appears twice \(lines 2 and 3\)"):
+        load_spec(path)

@@ -54,9 +54,6 @@ class ImageTooLarge(DatasetError):
 MAX_IMAGE_PIXELS = 50_000_000  # refuse decompression bombs: more pixels than this is an error
 
 
-Images = "np.ndarray | list[np.ndarray]"  # (N, C, H, W) uint8, or photos: a list of (C, H, W) uint8
-
-
 @dataclass
 class Splits:
     """Train / validation / test images of one dataset.

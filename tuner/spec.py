@@ -497,6 +497,25 @@ def _validate(data: Any, source: str) -> ExperimentSpec:
     return spec
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice (YAML leaves that undefined; PyYAML keeps the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, refusing a key given twice in one mapping (issue 20)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKey(f"key {key!r} appears twice (lines {seen[key]} and {line}); "
+                                   f"a spec may give each key once")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate a spec file.
 
@@ -517,7 +536,9 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
         raise SpecError(f"{path}: not a readable UTF-8 text file ({type(e).__name__})") from None
     try:
-        data = yaml.safe_load(text)  # safe_load: YAML tags cannot construct Python objects
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # safe: YAML tags cannot construct Python objects
+    except DuplicateKey as e:
+        raise SpecError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -25,7 +25,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def _tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(images)
 
 
-Batch = "torch.Tensor | list[torch.Tensor]"  # (N, C, H, W), or photos: a list of (C, H, W) of any sizes
+Batch = Union[torch.Tensor, list[torch.Tensor]]  # (N, C, H, W), or photos: a list of (C, H, W) of any sizes
 
 
 @dataclass

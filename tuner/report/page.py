@@ -14,7 +14,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from tuner.noise import Noise
 from tuner.report import figures
 from tuner.report.best import SAMPLE, BestModel, noise_sweep
 from tuner.report.figures import STYLE
