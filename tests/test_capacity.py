@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from tuner.cli import main
-from tuner.cluster import autoscaler_node_types, check_trial_fits
-from tuner.search import SearchError
+from tuner.cluster import CapacityError, autoscaler_node_types, check_trial_fits
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
@@ -75,12 +74,12 @@ def test_gpu_trial_that_fits_only_a_node_type_goes_on(head_of_cluster_yaml, capl
 
 
 def test_trial_bigger_than_every_node_type_fails(head_of_cluster_yaml):
-    with pytest.raises(SearchError) as e:
+    with pytest.raises(CapacityError) as e:
         check_trial_fits(1, 2, joined=True)
     msg = str(e.value)
     assert "asks for 1 CPU, 2 GPU" in msg and "largest node or node type has" in msg and "1 GPU" in msg, msg
     assert "lower --gpus-per-trial to at most 1" in msg
-    with pytest.raises(SearchError, match="lower --cpus-per-trial to at most 4"):
+    with pytest.raises(CapacityError, match="lower --cpus-per-trial to at most 4"):
         check_trial_fits(8, 0, joined=True)
 
 
@@ -93,3 +92,17 @@ def test_node_types_of_the_local_provider_are_unknown(tmp_path, monkeypatch):
     (tmp_path / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setenv("HOME", str(tmp_path))
     assert autoscaler_node_types() is None
+
+
+def test_cluster_does_not_import_the_search():
+    """No import circle (issue 20): tuner.search imports tuner.cluster, never the other way round,
+    not even lazily inside a function."""
+    import ast
+    import inspect
+
+    import tuner.cluster
+
+    tree = ast.parse(inspect.getsource(tuner.cluster))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "tuner.search" not in imported

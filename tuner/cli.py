@@ -22,24 +22,22 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str, least: int, what: str, allowed: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be {allowed}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole(text, 1, "a whole number", "at least 1")
 
 
 def _tile(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 (no tiling) or a tile side in pixels")
-    return value
+    return _whole(text, 0, "a whole number of pixels", "0 (no tiling) or a tile side in pixels")
 
 
 def _port(text: str) -> int:
@@ -163,10 +161,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"tuner: error: {msg}\n")
         return EXIT_BAD_INPUT
     except Exception as e:  # errors we raise for the user carry a one-line message
+        from tuner.cluster import CapacityError
         from tuner.search import SearchError
         from tuner.study import StudyError
 
-        if isinstance(e, (SearchError, StudyError)):
+        if isinstance(e, (SearchError, StudyError, CapacityError)):
             sys.stderr.write(f"tuner: error: {' '.join(str(e).split())}\n")
             return EXIT_BAD_INPUT
         raise

@@ -4,7 +4,7 @@ Ray queues a trial whose resources no node has and waits for the autoscaler to a
 node type the autoscaler knows could fit it either, the search waits forever (the autoscaler
 only logs "No available node types can fulfill resource request"). :func:`check_trial_fits`
 compares what a trial asks with the live nodes and with the autoscaler's node types, and turns
-the hopeless case into a :class:`~tuner.search.SearchError` before any trial is queued.
+the hopeless case into a :class:`CapacityError` before any trial is queued.
 
 Where the node types come from (Ray 2.60):
 - the cluster config the GCS holds (``ray._private.state.state.get_cluster_config()``), when
@@ -23,6 +23,13 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+
+
+class CapacityError(Exception):
+    """No node of the cluster, nor any node type its autoscaler can add, can run one trial; the
+    message is one line for the user. (Defined here, where it is raised: ``tuner.search`` imports
+    this module, never the other way round.)"""
+
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class NodeShape:
 
 
 def check_trial_fits(cpus: float, gpus: float, *, joined: bool) -> None:
-    """Raise :class:`~tuner.search.SearchError` when no node, now or added later, can run a trial.
+    """Raise :class:`CapacityError` when no node, now or added later, can run a trial.
 
     Args:
         cpus: ``cpus_per_trial``.
@@ -103,8 +110,6 @@ def autoscaler_node_types() -> Optional[list[NodeShape]]:
 
 
 def _infeasible(need: dict[str, float], live: list[NodeShape], types: list[NodeShape], joined: bool):
-    from tuner.search import SearchError
-
     shapes = live + types
     largest = {k: max((s.resources.get(k, 0.0) for s in shapes), default=0.0) for k in RESOURCES}
     where = "the largest node or node type has" if types else (
@@ -118,7 +123,7 @@ def _infeasible(need: dict[str, float], live: list[NodeShape], types: list[NodeS
             fix = f"lower --gpus-per-trial to at most {largest['GPU']:g}"
     else:
         fix = f"lower --cpus-per-trial to at most {largest['CPU']:g}"
-    return SearchError(f"a trial asks for {_format(need)} but {where} {_format(largest)}, "
+    return CapacityError(f"a trial asks for {_format(need)} but {where} {_format(largest)}, "
                        f"so no trial could ever start; {fix}")
 
 

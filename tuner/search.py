@@ -136,8 +136,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         The :class:`SearchResult`.
 
     Raises:
-        SearchError: nothing to resume, a run of that name exists already, no node of the cluster
-            (nor any node type its autoscaler can add) can run a trial, or no trial succeeded.
+        SearchError: nothing to resume, a run of that name exists already, or no trial succeeded.
+        tuner.cluster.CapacityError: no node of the cluster (nor any node type its autoscaler can
+            add) can run a trial.
     """
     import ray
     from ray import tune
