@@ -509,7 +509,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key (a list): construct_mapping refuses it with its own message
+            if key in seen:
                 raise DuplicateKey(f"key {key!r} appears twice (lines {seen[key]} and {line}); "
                                    f"a spec may give each key once")
             seen[key] = line
