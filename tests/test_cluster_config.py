@@ -256,6 +256,16 @@ def test_dashboard_listens_on_the_head_loopback_only(config):
     assert [option(w, "--address") for w in workers] == [f"$RAY_HEAD_IP:{option(head, '--port')}"]
 
 
+def test_no_node_runs_the_all_interfaces_metrics_exporter(config):
+    """Ray's per-node Prometheus exporter has no bind address (it listens on every interface
+    unless the node's IP is localhost), so every `ray start` turns metrics collection off."""
+    lines = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
+             if any(argv[:2] == ["ray", "start"] for argv in commands_in(c))]
+    assert len(lines) == 2
+    for line in lines:
+        assert "RAY_enable_metrics_collection=0 ray start" in line, line
+
+
 # ----------------------------------------------------------------------------- what the nodes run
 
 

@@ -436,13 +436,52 @@ def test_dense_model_rejects_other_sizes(models, tmp_path, capsys):
     _one_line_error(capsys.readouterr().err)
 
 
+def test_denoise_never_overwrites_silently(models, tmp_path, capsys):
+    """Two inputs that would share an output, or an output that exists, are one line and nothing is
+    written; --overwrite replaces existing outputs (issue 20)."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.png").write_bytes(GOOD_IMAGES["L.png"]())
+    (src / "sub" / "a.png").write_bytes(GOOD_IMAGES["L.png"]())  # keeps its path: out/sub/a.png
+    out = tmp_path / "out"
+    (tmp_path / "a.jpg").write_bytes(_save(Image.open(src / "a.png").convert("RGB"), "JPEG"))
+    model = ["--model", str(models["gray"]), "--out", str(out)]
+
+    assert main(["denoise", str(src / "a.png"), str(tmp_path / "a.jpg"), *model]) == 2  # both -> out/a.png
+    err = capsys.readouterr().err
+    _one_line_error(err)
+    assert "a.png" in err and "a.jpg" in err and "would both be written to" in err and not out.exists()
+
+    assert main(["-q", "denoise", str(src), str(src / "a.png"), *model]) == 0  # a file and its folder: once
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/a.png"]
+    before = (out / "a.png").read_bytes()
+    (out / "a.png").write_bytes(b"mine")
+
+    assert main(["denoise", str(src), *model]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err)
+    assert "exists" in err and "--overwrite" in err and (out / "a.png").read_bytes() == b"mine"
+
+    assert main(["-q", "denoise", str(src), *model, "--overwrite"]) == 0
+    assert (out / "a.png").read_bytes() == before
+    usage = " ".join(_denoise_help().split())
+    assert "are refused" in usage and "--overwrite" in usage  # --help says which
+
+
+def _denoise_help() -> str:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["denoise"].format_help()
+
+
 @FUZZ_IMAGES
 @given(prefix=st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b""]),
        blob=st.binary(max_size=400))
 def test_fuzzed_image_bytes(prefix, blob, models, scratch, capsys):
     src = scratch / "fuzzed.png"
     src.write_bytes(prefix + blob)
-    code = main(["-q", "denoise", str(src), "--model", str(models["gray"]), "--out", str(scratch / "fuzz-out")])
+    code = main(["-q", "denoise", str(src), "--model", str(models["gray"]), "--out", str(scratch / "fuzz-out"),
+                 "--overwrite"])
     assert code in (0, 2)
     if code == 2:
         _one_line_error(capsys.readouterr().err)
@@ -462,8 +501,8 @@ def test_fuzzed_images_denoise_to_same_size(mode, width, height, seed, fmt, mode
     src = scratch / f"img.{fmt.lower()}"
     src.write_bytes(_save(im, fmt))
     out = scratch / "img-out"
-    assert main(["-q", "denoise", str(src), "--model", str(models["rgb"]), "--out", str(out)]) == 0
-    with Image.open(out / f"img.png") as result:
+    assert main(["-q", "denoise", str(src), "--model", str(models["rgb"]), "--out", str(out), "--overwrite"]) == 0
+    with Image.open(out / "img.png") as result:
         assert result.size == (width, height) and result.mode == "RGB"
 
 

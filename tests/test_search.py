@@ -74,6 +74,37 @@ def test_tiny_search_cli(tmp_path):
     assert len(trials) == 2
 
 
+FIXED_SPEC = """\
+name: fixed
+dataset: {name: digits}
+budget: {num_samples: 4, max_epochs: 2}
+resources: {cpus_per_trial: 1}
+fixed: {width: 8, depth: 1, latent_dim: 8, batch_size: 64, lr: 3.0e-3}
+"""
+
+
+def test_a_spec_with_nothing_to_search_trains_one_trial(tmp_path, caplog):
+    """No search: section (or search: {}) trains the fixed configuration as one study trial, and
+    says so (issue 20); Ray's OptunaSearch would die on the empty space."""
+    import optuna
+
+    spec_path = tmp_path / "fixed.yaml"
+    spec_path.write_text(FIXED_SPEC)
+    spec = load_spec(spec_path)
+    (tmp_path / "empty.yaml").write_text(FIXED_SPEC + "search: {}\n")
+    assert load_spec(tmp_path / "empty.yaml") == spec
+    with caplog.at_level("INFO", logger="tuner.search"):
+        result = tuner.tune(spec, storage=str(tmp_path / "runs"), report=False, verbose=0)
+    said = [r.getMessage() for r in caplog.records if "nothing to search" in r.getMessage()]
+    assert len(said) == 1 and "one trial" in said[0] and "num_samples 4 does not apply" in said[0], said
+    (trial,) = result.results
+    assert int(trial.metrics["epoch"]) == 2 and trial.config["lr"] == 3.0e-3 and trial.config["width"] == 8
+    (told,) = optuna.load_study(study_name="fixed", storage=f"sqlite:///{Path(result.run_dir) / 'study.db'}").trials
+    assert told.state == optuna.trial.TrialState.COMPLETE and told.params == {}
+    assert told.value == pytest.approx(max(trial.metrics_dataframe[METRIC]))
+    assert Path(result.best_dir, "model.pt").is_file()
+
+
 BAD_SPECS = {
     "unknown key": ("bogus: 1\n", "bogus"),
     "wrong type": ("budget: {num_samples: many}\n", "budget.num_samples"),

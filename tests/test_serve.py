@@ -262,7 +262,13 @@ def test_serve_haproxy_is_refused_on_a_cluster_before_ray_starts(models, capsys)
 def test_tuner_serve_haproxy_answers_refuses_and_stops(models, images):
     """``--haproxy`` (Ray Serve's high-throughput mode): HAProxy in front, requests straight to the
     replica. Same answers, same refusals, and Ctrl-C ends every process it started."""
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("tuner-haproxy-*"))
+    shared = set(Path("/tmp/haproxy-serve").glob("*"))  # Ray's default folder, which we do not use
     with _tuner_serve(models["conv"], "--haproxy") as s:
+        mine = set(Path(tempfile.gettempdir()).glob("tuner-haproxy-*")) - before
+        assert len(mine) == 1 and list(mine.pop().rglob("haproxy.cfg")), "HAProxy's state is not in its own folder"
         url = s["url"]
         assert "HAProxy" in "".join(s["lines"])
         _wait_healthy(url, 60)
@@ -281,6 +287,8 @@ def test_tuner_serve_haproxy_answers_refuses_and_stops(models, images):
             assert r.status_code == status and words in r.text, (name, r.status_code, r.text[:300])
         assert requests.get(f"{url}/model", timeout=TIMEOUT).json()["config"]["trial"]["arch"] == "conv"
         s["proc"].send_signal(signal.SIGINT)
+    assert set(Path(tempfile.gettempdir()).glob("tuner-haproxy-*")) == before  # removed at the stop
+    assert set(Path("/tmp/haproxy-serve").glob("*")) <= shared
 
 
 def test_serve_yaml_is_a_serve_config_for_this_app(models):

@@ -182,3 +182,48 @@ def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
     assert any(t.state == TrialState.PRUNED and t.intermediate_values for t in study.trials)
     assert (Path(result.best_dir) / "model.pt").exists()
     assert result.metrics[METRIC] > 0
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
+    """The searcher, pickled as Tune pickles it (tuner.pkl, searcher-state-*.pkl), reopens the study
+    of the run folder where the folder is now: a moved one would not resume, a copied one would
+    write into the original's study (issue 20)."""
+    import pickle
+    import shutil
+
+    from ray import tune
+
+    from tuner.study import StudySearch, create_study, default_storage_url, open_storage, resuming_in
+
+    old, new = tmp_path / "cluster" / "run", tmp_path / "laptop" / "run"
+    old.mkdir(parents=True)
+    storage = open_storage(default_storage_url(str(old)))
+    create_study(storage, "run", {})
+    searcher = StudySearch(max_t=3, metric=METRIC, mode="max", storage=storage, study_name="run", run_dir=str(old),
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1)})
+    suggested = searcher.suggest("t1")
+    searcher.on_trial_result("t1", {METRIC: 10.0, "epoch": 1, "training_iteration": 1})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    in_tuner_pkl = pickle.dumps(searcher)
+    del searcher, storage
+    new.parent.mkdir()
+    (shutil.move if how == "moved" else shutil.copytree)(old, new)
+    original = (old / STUDY_FILE).read_bytes() if how == "copied" else None
+
+    with resuming_in(str(new)):
+        restored = StudySearch(max_t=3)
+        restored.restore(str(tmp_path / "searcher.pkl"))
+        unpickled = pickle.loads(in_tuner_pkl)
+    assert restored._storage.url == unpickled._storage.url == default_storage_url(str(new))
+    assert isinstance(restored._ot_study.sampler, optuna.samplers.TPESampler)
+    restored.on_trial_result("t1", {METRIC: 11.0, "epoch": 2, "training_iteration": 2})
+    restored.on_trial_complete("t1", {METRIC: 12.0, "epoch": 3, "training_iteration": 3})
+    (trial,) = optuna.load_study(study_name="run", storage=default_storage_url(str(new))).trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 12.0 and trial.params == suggested
+    assert trial.intermediate_values == {1: 10.0, 2: 11.0, 3: 12.0}
+    if how == "moved":
+        assert not old.exists()
+    else:
+        assert (old / STUDY_FILE).read_bytes() == original  # the original's study untouched

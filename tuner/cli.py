@@ -113,7 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("denoise", help="denoise PNG/JPEG images with an exported model")
     d.add_argument("inputs", nargs="+", help="image files or folders of images")
     d.add_argument("--model", required=True, help="an exported model folder, e.g. runs/quickstart/best")
-    d.add_argument("--out", required=True, help="folder for the denoised images")
+    d.add_argument("--out", required=True,
+                   help="folder for the denoised images: NAME.png for an input NAME.png or NAME.jpg (a "
+                        "folder's images keep their paths inside it). Two inputs that would share an "
+                        "output (a.png and a.jpg) are refused, and so is an output file that exists, "
+                        "unless --overwrite; nothing is written then")
+    d.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     d.add_argument("--add-noise", action="store_true",
                    help="corrupt the inputs with the model's evaluation noise first (a demo); "
                         "writes the noisy inputs beside the outputs")
@@ -212,7 +217,7 @@ def _denoise(args: argparse.Namespace) -> int:
     from tuner.denoise import denoise_files
 
     written = denoise_files(args.model, args.inputs, args.out, add_noise=args.add_noise, seed=args.seed,
-                            tile=args.tile)
+                            tile=args.tile, overwrite=args.overwrite)
     print(f"denoised {len(written)} image(s) into {args.out}")
     return 0
 

@@ -208,53 +208,82 @@ def denoise(model: DenoisingAutoencoder, images: torch.Tensor, batch_size: int =
 
 
 def denoise_files(model_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-                  add_noise: bool = False, seed: int = 0, tile: int | None = None) -> list[Path]:
+                  add_noise: bool = False, seed: int = 0, tile: int | None = None,
+                  overwrite: bool = False) -> list[Path]:
     """Denoise PNG/JPEG files (or folders of them) and write PNGs of the same size.
 
     Grayscale or RGB inputs are converted to what the model expects. Convolutional models take
     any size, large images in tiles (see :func:`denoise`); dense models only their training size.
+    Every output is planned before the first is written: two inputs that would be written to one
+    file (``a.png`` and ``a.jpg``), or an output file that exists already (without ``overwrite``),
+    stop the run with one line and nothing written.
 
     Args:
         model_dir: an exported model folder.
         inputs: image files and/or folders (searched recursively).
-        out_dir: where ``<name>.png`` outputs go (``<name>_noisy.png`` too with ``add_noise``).
+        out_dir: where ``<name>.png`` outputs go (``<name>_noisy.png`` too with ``add_noise``); a
+            folder's images keep their paths inside it.
         add_noise: corrupt the inputs with the model's evaluation noise first, for a demo.
         seed: the seed of that noise.
         tile: largest tile side in pixels (default :data:`TILE`; 0: each image whole).
+        overwrite: replace output files that exist.
 
     Returns:
         The written output paths.
 
     Raises:
-        ValueError / DatasetError: one-line messages for bad inputs.
+        ValueError / DatasetError / FileExistsError: one-line messages for bad inputs.
     """
     model = load_model(model_dir)
     config = model.config  # type: ignore[attr-defined]
     noise = _eval_noise(config)  # checked by load_model
     tile_size(model, tile)  # a tile too small for this model fails here, before any image is read
-    jobs: list[tuple[Path, Path]] = []  # (input file, output path relative to out_dir)
-    for item in map(Path, inputs):
-        files = image_files(item)
-        if not files:
-            raise DatasetError(f"{item}: no PNG/JPEG images in this folder")
-        for f in files:
-            jobs.append((f, f.relative_to(item).with_suffix(".png") if item.is_dir() else Path(f.stem + ".png")))
     out = Path(out_dir)
+    jobs = _plan(inputs, out, add_noise, overwrite)
     generator = torch.Generator().manual_seed(seed)
     written = []
-    for src, rel in jobs:
+    for src, dest, noisy_path in jobs:
         x = load_image(src, model)  # (C, H, W)
-        dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if add_noise:
+        if noisy_path is not None:
             x = corrupt(x[None], noise, generator)[0]
-            noisy_path = dest.with_name(dest.stem + "_noisy.png")
             to_pil(x).save(noisy_path)
             written.append(noisy_path)
         to_pil(denoise(model, x, tile=tile)).save(dest)
         written.append(dest)
     log.info("denoised %d image(s) into %s", len(jobs), out)
     return written
+
+
+def _plan(inputs: Sequence[str | Path], out: Path, add_noise: bool,
+          overwrite: bool) -> list[tuple[Path, Path, Path | None]]:
+    """(input, output, noisy output or None) for every image; refuses clashes and, without
+    ``overwrite``, outputs that exist."""
+    jobs: list[tuple[Path, Path, Path | None]] = []
+    seen: set[Path] = set()
+    for item in map(Path, inputs):
+        files = image_files(item)
+        if not files:
+            raise DatasetError(f"{item}: no PNG/JPEG images in this folder")
+        for f in files:
+            if f.resolve() in seen:  # the same image named twice (a file and its folder): denoised once
+                continue
+            seen.add(f.resolve())
+            dest = out / (f.relative_to(item).with_suffix(".png") if item.is_dir() else Path(f.stem + ".png"))
+            jobs.append((f, dest, dest.with_name(dest.stem + "_noisy.png") if add_noise else None))
+    writer: dict[Path, Path] = {}
+    for src, *dests in jobs:
+        for dest in filter(None, dests):
+            if dest in writer:
+                raise FileExistsError(f"{writer[dest]} and {src} would both be written to {dest}: rename one, "
+                                      f"or denoise them into different --out folders")
+            writer[dest] = src
+    if not overwrite:
+        there = [d for d in writer if d.exists()]
+        if there:
+            more = f" (and {len(there) - 1} more)" if len(there) > 1 else ""
+            raise FileExistsError(f"{there[0]} exists{more}; add --overwrite to replace it, or choose another --out")
+    return jobs
 
 
 def load_image(source: str | Path | bytes, model: DenoisingAutoencoder, name: str | None = None) -> torch.Tensor:

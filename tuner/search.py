@@ -12,6 +12,7 @@ trial ever saw.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -145,6 +146,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from tuner.resume import repair as repair_snapshot
     from tuner import study
 
     # Trials of a few seconds checkpoint often by design; Ray's hint about it is noise here.
@@ -172,19 +174,26 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     )
     if resume:
         log.info("resuming search %s from %s", spec.name, run_dir)
-        tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        repair_snapshot(run_dir)  # Ray's last snapshot may name checkpoints deleted since (tuner.resume)
+        with study.resuming_in(run_dir):  # the searcher's study moves with the run folder
+            tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        log.info("starting search %s: %d trials, up to %d epochs each, in %s",
-                 spec.name, spec.budget.num_samples, spec.budget.max_epochs, run_dir)
-        write(run_dir, SPEC_FILE, spec.to_yaml())
         b = spec.budget
+        num_samples = b.num_samples if spec.search else 1
+        if not spec.search:
+            log.info("nothing to search (the spec has no search: entries): training its fixed configuration "
+                     "as one trial%s", f"; num_samples {b.num_samples} does not apply" if b.num_samples > 1 else "")
+        log.info("starting search %s: %d trials, up to %d epochs each, in %s",
+                 spec.name, num_samples, spec.budget.max_epochs, run_dir)
+        write(run_dir, SPEC_FILE, spec.to_yaml())
         searcher = study.StudySearch(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
-                                     sampler=make_sampler(spec), storage=study_storage, study_name=spec.name)
+                                     sampler=make_sampler(spec), storage=study_storage, study_name=spec.name,
+                                     run_dir=run_dir)
         tuner = tune.Tuner(
             trainable,
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=b.num_samples, time_budget_s=b.time_budget_s,
+                metric=METRIC, mode=MODE, num_samples=num_samples, time_budget_s=b.time_budget_s,
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent=b.max_concurrent),
                 # Rungs in epochs, or in training seconds so that a small fast model and a large slow one
                 # are compared after the same compute (budget.time_attr).
@@ -204,7 +213,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
             ),
         )
     fit_start = time.monotonic()
-    results = tuner.fit()
+    with study.resuming_in(run_dir) if resume else contextlib.nullcontext():
+        results = tuner.fit()
     budget = spec.budget.time_budget_s
     url = study.storage_url(spec, run_dir)
     if budget and url and time.monotonic() - fit_start >= budget:  # stopped by the time budget, not Ctrl-C

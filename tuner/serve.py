@@ -56,6 +56,16 @@ BODY_NAME = "request body"  # what error messages call the uploaded image
 # Ray Serve's high-throughput mode (Ray 2.55+), read by the processes Ray starts: HAProxy ingress, each
 # ingress replica serving HTTP itself ("direct ingress"), and Serve's other throughput settings.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Where Ray Serve keeps HAProxy's config, sockets and server state: /tmp/haproxy-serve/ unless told,
+# shared by every server on the machine and never removed. `tuner serve --haproxy` gives each run its
+# own folder (ray/serve/_private/constants.py reads these names) and removes it when it stops.
+HAPROXY_STATE_ENV = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
 
 
 class ServeArgs(BaseModel):
@@ -250,6 +260,8 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
         haproxy: start Ray with :data:`HAPROXY_ENV` (local Ray only).
     """
     import os
+    import shutil
+    import tempfile
 
     import ray
 
@@ -264,7 +276,9 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
     else:  # always a fresh Ray of our own, as `tuner tune` does; no dashboard, no metrics port
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
         if haproxy:  # read by the Serve controller, proxy and replicas that ray.init starts
+            state = tempfile.mkdtemp(prefix="tuner-haproxy-")  # short: socket paths fit in 107 bytes
             os.environ.update(HAPROXY_ENV)
+            os.environ.update({k: os.path.join(state, name) for k, name in HAPROXY_STATE_ENV.items()})
         ray.init(address="local", include_dashboard=False)
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -281,6 +295,8 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
             serve.delete("tuner") if address else serve.shutdown()
         finally:
             ray.shutdown()
+            if haproxy:
+                shutil.rmtree(state, ignore_errors=True)
 
 
 def _check_port(host: str, port: int) -> None:

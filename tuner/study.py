@@ -21,8 +21,10 @@ searcher runs there. ``optuna-dashboard``, the ``optuna`` CLI and ``optuna.load_
 from __future__ import annotations
 
 import logging
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -115,22 +117,98 @@ def end_running(storage: optuna.storages.BaseStorage, name: str, max_epochs: int
     return len(running)
 
 
+_run_dir: Optional[str] = None  # where the run folder of the search being resumed is now
+
+
+@contextmanager
+def resuming_in(run_dir: str) -> Iterator[None]:
+    """While Ray restores a search (``Tuner.restore`` and ``fit``), a :class:`StudySearch` whose
+    study is its run folder's ``study.db`` reopens the one in ``run_dir``: the folder may have
+    been moved or copied since it was pickled."""
+    global _run_dir
+    _run_dir, before = run_dir, _run_dir
+    try:
+        yield
+    finally:
+        _run_dir = before
+
+
+class _StudyURL:
+    """A pickled :class:`StudySearch`'s database, by URL."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+
 class StudySearch(OptunaSearch):
     """Ray Tune's ``OptunaSearch``, telling the study each trial's true outcome.
 
     Args:
         max_t: a trial whose ``time_attr`` reached this ran to the end (ASHA's ``max_t``).
         time_attr: ``epoch``, or ``train_seconds`` for budgets in training seconds.
+        run_dir: the run folder; a study in its ``study.db`` moves with it (:func:`resuming_in`).
         **kwargs: as ``OptunaSearch`` (``storage``, ``study_name``, ``sampler``,
             ``points_to_evaluate``, ``metric``, ``mode``).
     """
 
-    def __init__(self, *, max_t: float, time_attr: str = "epoch", **kwargs: Any):
+    def __init__(self, *, max_t: float, time_attr: str = "epoch", run_dir: Optional[str] = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._max_t, self._time_attr = max_t, time_attr
         self._best: dict[str, float] = {}  # trial id -> best val_psnr reported so far
+        storage = kwargs.get("storage")
+        self._study_in_run = bool(run_dir and isinstance(storage, optuna.storages.RDBStorage)
+                                  and storage.url == default_storage_url(run_dir))
+
+    # ------------------------------------------------------------ pickling (tuner.pkl, searcher-state-*.pkl)
+    # A database study is pickled as its URL, not as Optuna objects. Optuna's RDBStorage reconnects
+    # to the URL it was made with when it is unpickled, and creates its tables there. A run folder
+    # copied to another machine would otherwise fail to resume (the old folder does not exist), or
+    # worse, resume writing into the old folder's study. A study kept only in memory (a run on a URI
+    # without --study-storage) is pickled whole: the pickle is all there is of it.
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if isinstance(state.get("_storage"), optuna.storages.RDBStorage):
+            state["_storage"] = _StudyURL(state["_storage"].url)
+            study = state.pop("_ot_study", None)
+            state["_ot_study"] = None
+            state["_ot_trial_ids"] = {k: t._trial_id for k, t in state.pop("_ot_trials", {}).items()}
+            state["_ot_trials"] = {}
+            state["_study_was_open"] = study is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_study_in_run", False)
+        if not isinstance(self._storage, _StudyURL):
+            return
+        url = self._storage.url
+        if self._study_in_run and _run_dir is not None and not is_uri(_run_dir):
+            url = default_storage_url(_run_dir) or url
+        if url != self._storage.url:
+            log.info("the run folder moved: its study is now %s", url)
+        self._storage = open_storage(url)
+        trial_ids = self.__dict__.pop("_ot_trial_ids", {})
+        if self.__dict__.pop("_study_was_open", False):
+            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+            self._ot_trials = {k: optuna.trial.Trial(self._ot_study, i) for k, i in trial_ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:  # OptunaSearch pickles its __dict__ directly
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
 
     def suggest(self, trial_id: str) -> Optional[dict]:
+        if self._space == {} and self._ot_study is not None:
+            # A spec with nothing to search (set_search_properties found no domain): its one trial
+            # is still a study trial, told its outcome like any other. OptunaSearch refuses here.
+            if trial_id not in self._ot_trials:
+                self._ot_trials[trial_id] = self._orphan_or_ask()
+            return {}
         # After a driver crash, the study holds trials asked after Tune's last snapshot: Tune will
         # ask for that many again. Hand those out first, so the study gains no duplicates.
         if trial_id not in self._ot_trials and self._ot_study is not None:
@@ -141,6 +219,10 @@ class StudySearch(OptunaSearch):
                 self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
                 return unflatten_dict(orphan.params)
         return super().suggest(trial_id)
+
+    def _orphan_or_ask(self) -> optuna.trial.Trial:
+        orphan = self._orphan()
+        return optuna.trial.Trial(self._ot_study, orphan._trial_id) if orphan else self._ot_study.ask()
 
     def _orphan(self) -> Optional[optuna.trial.FrozenTrial]:
         known = {t._trial_id for t in self._ot_trials.values()}
