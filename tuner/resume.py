@@ -11,21 +11,27 @@ it ``ERROR``: the search loses the trial, however good it was. Ray 1.x fell back
 checkpoint available (ray-project/ray#29099); Ray 2.x's storage code path has no fallback.
 
 Why the repair is done here, before ``Tuner.restore``, and not by keeping more checkpoints: the
-trial folders are the ground truth, and Ray's own record of a trial can always be rebuilt from
-them. A checkpoint is complete once the trial's ``result.json`` names it. The worker persists a
-checkpoint before it reports the result, and the driver logs that result before it registers the
-checkpoint, and so before it deletes any older one. :func:`repair` therefore rewrites, in the
-newest snapshot, the checkpoint bookkeeping of every unfinished trial from its folder:
+trial folders are the ground truth, and Ray's own record of a trial can be rebuilt from them.
+Workers write checkpoints straight into the run folder, while the driver's logs of the trials
+(``result.json``) are copied there together with the snapshot, so they lag as much as it does.
+A checkpoint is complete when its files are: ``state.pt`` reads back whole (a zip archive, as
+``torch.save`` writes it, checked entry by entry) and its metrics are known, from ``result.json``
+or from the ``metrics.json`` that tuner writes into every checkpoint. :func:`repair` therefore
+rewrites, in the newest snapshot, the checkpoint bookkeeping of every unfinished trial from its
+folder:
 
-- its tracked checkpoints are the complete ones still on storage, its latest the newest of
-  them, and its last result and checkpoint index those of that checkpoint;
-- a checkpoint folder that no result names was being written when the driver died: it is
+- its tracked checkpoints are the complete ones on storage, and its latest is the newest of
+  them. Its last result and checkpoint index are those of that checkpoint, so it continues
+  from there;
+- a checkpoint folder that is not complete was being written when the driver died: it is
   removed, since the trial writes that index again;
 - a trial with no complete checkpoint left restarts from scratch, and the log says so.
 
 Keeping every checkpoint the snapshot names would mean second-guessing when Ray writes its
-snapshot, in Ray's own loop. The repair only reads Ray's documented on-disk formats, and it
-leaves a snapshot that agrees with storage untouched.
+snapshot, in Ray's own loop. The repair only reads Ray's on-disk formats and tuner's own
+checkpoint files, and it leaves a snapshot that agrees with storage untouched. Epochs that the
+driver had logged but not yet copied are missing from the trial's ``result.json``. The study
+(written at each result) and the checkpoints still have them.
 """
 from __future__ import annotations
 
@@ -47,7 +53,6 @@ def repair(run_dir: str) -> list[str]:
     Returns:
         One line per trial that was repaired (also logged); empty when the snapshot agreed.
     """
-    import pyarrow.fs as pafs
     from ray.train._internal.storage import get_fs_and_path
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
@@ -58,21 +63,66 @@ def repair(run_dir: str) -> list[str]:
     with fs.open_input_stream(newest) as f:
         state = json.loads(f.readall())
     said = []
+    moved = _relocate_search_state(fs, run_path)
+    if moved:
+        log.info("%s", moved)
+        said.append(moved)
     for entry in state["trial_data"]:
         line = _repair_trial(entry, fs, run_path)
         if line:
             log.warning("%s", line)
             said.append(line)
-    if said:  # written beside, then moved over: a kill now leaves the old snapshot, not half a new one
-        with fs.open_output_stream(newest + ".tmp") as f:
-            f.write(json.dumps(state, indent=2).encode())
-        if isinstance(fs, pafs.LocalFileSystem):
-            import os
-
-            os.replace(newest + ".tmp", newest)
-        else:
-            fs.move(newest + ".tmp", newest)
+    if len(said) > bool(moved):
+        _replace(fs, newest, json.dumps(state, indent=2).encode())
     return said
+
+
+def _replace(fs, path: str, content: bytes) -> None:
+    """Write beside, then move over: a kill now leaves the old file, not half a new one."""
+    import pyarrow.fs as pafs
+
+    with fs.open_output_stream(path + ".tmp") as f:
+        f.write(content)
+    if isinstance(fs, pafs.LocalFileSystem):
+        import os
+
+        os.replace(path + ".tmp", path)
+    else:
+        fs.move(path + ".tmp", path)
+
+
+def _relocate_search_state(fs, run_path: str) -> Optional[str]:
+    """Point the search generator's experiment at the run folder where it is now; the line to log.
+
+    Ray's ``Tuner.restore`` moves the restored trials to the restored folder (``Trial.set_storage``),
+    but its search generator then restores the pickled ``Experiment`` of the run's first session
+    (``search_gen_state-*.json``, ``SearchGenerator.set_state``), and creates every new trial with
+    that experiment's storage. In a copied run folder, those trials would write their checkpoints
+    into the original folder, and their results would be looked for there.
+    """
+    from fnmatch import fnmatch
+
+    import ray.cloudpickle as cloudpickle
+    from ray.train._internal.storage import _list_at_fs_path
+
+    names = sorted(n for n in _list_at_fs_path(fs, run_path) if fnmatch(n, "search_gen_state-*.json"))
+    if not names:
+        return None
+    path = f"{run_path}/{names[-1]}"  # the one Ray restores: the newest by name (_load_newest_checkpoint)
+    with fs.open_input_stream(path) as f:
+        state = cloudpickle.loads(f.readall())
+    experiment = state.get("experiment")
+    storages = [s for s in (getattr(experiment, "storage", None), getattr(experiment, "spec", {}).get("storage"))
+                if s is not None]
+    parent, name = run_path.rstrip("/").rsplit("/", 1)
+    if not storages or all(s.storage_fs_path.rstrip("/") == parent and s.experiment_dir_name == name
+                           for s in storages):
+        return None
+    was = f"{storages[0].storage_fs_path.rstrip('/')}/{storages[0].experiment_dir_name}"
+    for storage in storages:
+        storage.storage_fs_path, storage.experiment_dir_name, storage.storage_filesystem = parent, name, fs
+    _replace(fs, path, cloudpickle.dumps(state))
+    return f"the run folder moved from {was}: new trials go to {run_path}"
 
 
 def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
@@ -97,12 +147,14 @@ def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
         on_disk = sorted(n for n in _list_at_fs_path(fs, folder) if n.startswith(CHECKPOINT_PREFIX))
     except OSError:  # no folder: the trial never started
         on_disk = []
-    complete = [n for n in on_disk if n in rows]
-    partial = [n for n in on_disk if n not in rows]
     latest = manager.latest_checkpoint_result if manager else None
     named = latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if latest else None
-    if not partial and (complete[-1] if complete else None) == named:
-        return None  # the snapshot names the newest checkpoint on storage: nothing to repair
+    if (on_disk[-1] if on_disk else None) == named:
+        return None  # the snapshot names the newest checkpoint on storage (or none, and none is there)
+    metrics = {n: _checkpoint_metrics(fs, f"{folder}/{n}", rows.get(n)) for n in on_disk}
+    complete = [n for n in on_disk if metrics[n] is not None]
+    partial = [n for n in on_disk if metrics[n] is None]
+    rows = {n: metrics[n] for n in complete}
 
     for name in partial:
         _delete_fs_path(fs, f"{folder}/{name}")
@@ -115,6 +167,14 @@ def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
         else:
             fresh._checkpoint_results.append(result)
     fresh._latest_checkpoint_result = results[-1] if results else None
+    keep = fresh.checkpoint_config.num_to_keep
+    if keep is not None:  # Ray's own policy (register_checkpoint): the best num_to_keep and the latest.
+        # Ray moves only those to a moved run folder (Trial.set_storage), and would delete any other
+        # at its old path.
+        dropped = [r for r in fresh._checkpoint_results[:-keep] if r is not fresh._latest_checkpoint_result]
+        fresh._checkpoint_results = [r for r in fresh._checkpoint_results if r not in dropped]
+        for r in dropped:
+            _delete_fs_path(fs, f"{folder}/{r.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}")
     meta.checkpoint_manager = fresh
     trial_id = trial["trial_id"]
     half = f"; removed {len(partial)} half-written checkpoint(s)" if partial else ""
@@ -132,6 +192,28 @@ def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
     entry[0] = json.dumps(trial, indent=2, cls=TuneFunctionEncoder)
     entry[1] = meta.get_json_state()
     return line
+
+
+def _checkpoint_metrics(fs, path: str, row: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The metrics of a complete tuner checkpoint (its result.json row, else its own metrics.json);
+    None for a folder that a kill left half-written."""
+    import zipfile
+
+    from tuner.storage import METRICS_FILE, STATE_FILE
+
+    try:
+        with fs.open_input_file(f"{path}/{STATE_FILE}") as f, zipfile.ZipFile(f) as archive:
+            if archive.testzip() is not None:  # an entry whose bytes fail their CRC
+                return None
+        if row is not None:
+            return row
+        with fs.open_input_stream(f"{path}/{METRICS_FILE}") as f:
+            metrics = json.loads(f.readall())
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, EOFError):
+        return None
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    # Ray's own fields that a restore reads: one result per epoch (tuner.search.train_trial).
+    return {**metrics, "training_iteration": metrics.get("epoch"), "checkpoint_dir_name": name}
 
 
 def _rows(fs, path: str) -> list[dict[str, Any]]:

@@ -72,6 +72,9 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.checkpoint(), Path(d) / STATE_FILE)
             (Path(d) / CONFIG_FILE).write_text(json.dumps(trial.to_dict(), indent=2))
+            # The epoch's metrics travel with its checkpoint: a resume can rebuild Ray's record of a
+            # checkpoint that the killed driver never logged (tuner.resume).
+            (Path(d) / METRICS_FILE).write_text(json.dumps(epoch.metrics))
             tune.report({**epoch.metrics, "node_id": node, "device": device}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -272,8 +275,14 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
                               f"reported an epoch (Ray's start-up counts too); give the search more time")
         raise SearchError(f"no trial finished an epoch without diverging or failing in {run_dir}; "
                           f"see the trials' error.txt files there")
-    best = max(ok, key=lambda r: max(v for v in r.metrics_dataframe[METRIC] if math.isfinite(v)))
-    checkpoint = best.get_best_checkpoint(METRIC, MODE)
+    # The best checkpoint on storage of any trial (each keeps its best ones: budget.keep_checkpoints).
+    # Ranked by the checkpoints, not by result.json: after a resume a trial's log may miss the
+    # epochs the killed driver had not yet copied to storage, while their checkpoints are there.
+    kept = [(m[METRIC], r, c) for r in ok for c, m in (r.best_checkpoints or [])
+            if isinstance(m.get(METRIC), (int, float)) and math.isfinite(m[METRIC])]
+    if not kept:
+        raise SearchError(f"no trial of {run_dir} has a checkpoint with a finite {METRIC}")
+    _, best, checkpoint = max(kept, key=lambda k: k[0])
     with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
     trial = TrialConfig(**state["config"])

@@ -259,9 +259,9 @@ class StudySearch(OptunaSearch):
             state, value = TrialState.COMPLETE, self._best.get(trial_id, result[self.metric])
         else:
             state = TrialState.PRUNED  # stopped by the scheduler at a rung
-        try:
+        # A trial told before an interruption (it ended just before the driver was killed, and the
+        # resumed Ray ends it again from its last checkpoint) keeps what the study has.
+        if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
             self._ot_study.tell(ot_trial, value, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # told before the interruption; the study already has it
         self._completed_trials.add(trial_id)
 
