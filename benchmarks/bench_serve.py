@@ -358,7 +358,11 @@ def _cell(port: int, service: str, replicas: int, workload: str, clients: int, r
 
 
 def baseline_cells(model_dirs: dict[str, Path], reqs: dict[str, list[Request]], args) -> list[dict[str, Any]]:
-    """The FastAPI + uvicorn baseline in a subprocess (the only process below this one while it runs)."""
+    """The FastAPI + uvicorn baseline in a subprocess (the only process below this one while it runs),
+    on the PNG workloads (it has no infer endpoint)."""
+    workloads = [w for w in args.workloads if not WORKLOADS[w].infer]
+    if not workloads:
+        return []
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("serve_baseline_fastapi.py")),
                              str(model_dirs["digits"]), "--port", str(port)])
@@ -377,7 +381,7 @@ def baseline_cells(model_dirs: dict[str, Path], reqs: dict[str, list[Request]], 
                 time.sleep(0.5)
         idle = idle_cpu()
         print(f"baseline: idle service uses {idle:.3f} CPU-s per s", flush=True)
-        for workload in (w for w in args.workloads if not WORKLOADS[w].infer):
+        for workload in workloads:
             for clients in WORKLOADS[workload].clients:
                 rows.append(_cell(port, "baseline", 1, workload, clients, reqs[workload], idle, args))
     finally:

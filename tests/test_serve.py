@@ -26,7 +26,7 @@ import requests
 import torch
 import tritonclient.http as httpclient
 import yaml
-from oip_requests import HOSTILE_INFER, infer_request
+from oip_requests import HOSTILE_INFER
 from PIL import Image
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -529,6 +529,9 @@ def test_protocol_metadata_matches_the_model(service, models):
         with pytest.raises(InferenceServerException) as e:
             client.get_model_metadata(name, model_version=version)
         assert e.value.status() == "404" and "unknown" in e.value.message()
+    x = httpclient.InferInput("INPUT", [1, 1, 8, 8], "UINT8").set_data_from_numpy(np.zeros((1, 1, 8, 8), np.uint8))
+    answer = client.infer("denoiser", [x], model_version="1", request_id="req-7").get_response()
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("denoiser", "1", "req-7")
     with pytest.raises(InferenceServerException) as e:  # the stated batch limit, as tritonclient reports it
         _infer(client, np.zeros((9, 1, 8, 8), np.uint8))
     assert e.value.status() == "400" and "max_batch_size of 8" in e.value.message()
