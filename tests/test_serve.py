@@ -1,7 +1,8 @@
-"""``tuner serve`` for real: Ray Serve on 127.0.0.1 (a free port), a real HTTP client, tiny models
-trained with ``tuner.fit`` on digits and exported in the ``best/`` format. Outputs are compared
-with ``tuner denoise``'s; every hostile request is followed by a good one; the Ray processes the
-tests start are gone at the end (checked by PID)."""
+"""``tuner serve`` for real: Ray Serve on 127.0.0.1 (a free port), real HTTP clients (``requests``,
+and ``tritonclient.http`` for the Open Inference Protocol), tiny models trained with ``tuner.fit``
+on digits and exported in the ``best/`` format. Outputs are compared with ``tuner denoise``'s and
+``tuner.denoise``'s; every hostile request is followed by a good one; the Ray processes the tests
+start are gone at the end (checked by PID)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,13 +24,17 @@ import numpy as np
 import pytest
 import requests
 import torch
+import tritonclient.http as httpclient
 import yaml
+from oip_requests import HOSTILE_INFER
 from PIL import Image
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import tuner
 from tuner.cli import main
 from tuner.denoise import load_image, to_pil
 from tuner.noise import Noise
+from tuner import protocol
 from tuner.serve import MAX_BODY_BYTES, ServeArgs, app_builder
 from tuner.spec import TrialConfig
 
@@ -93,6 +98,35 @@ def _expected(model_dir: Path, data: bytes) -> np.ndarray:
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1  # 1/255
+
+
+def _client(url: str) -> httpclient.InferenceServerClient:
+    """tritonclient's HTTP client for a service at ``url`` (a route prefix included)."""
+    return httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=TIMEOUT)
+
+
+def _infer(client: httpclient.InferenceServerClient, a: np.ndarray, binary: bool = True) -> np.ndarray:
+    """The service's OUTPUT for INPUT ``a``, sent and answered as binary data or as JSON."""
+    x = httpclient.InferInput("INPUT", list(a.shape), np_to_triton_dtype(a.dtype))
+    x.set_data_from_numpy(a, binary_data=binary)
+    result = client.infer("denoiser", [x], outputs=[httpclient.InferRequestedOutput("OUTPUT", binary_data=binary)])
+    return result.as_numpy("OUTPUT")
+
+
+def _expected_tensor(model_dir: Path, a: np.ndarray) -> np.ndarray:
+    """``tuner.denoise`` in-process on the (N, C, H, W) batch ``a``, in its datatype (UINT8 0-255 or FP32 0-1)."""
+    model = tuner.load_model(model_dir)
+    y = tuner.denoise(model, torch.from_numpy(a).float() / 255 if a.dtype == np.uint8 else torch.from_numpy(a))
+    return np.stack([np.asarray(to_pil(i)) for i in y])[:, None] if a.dtype == np.uint8 else y.numpy()
+
+
+def _within(got: np.ndarray, want: np.ndarray) -> bool:
+    """Same shape and datatype, equal to 1/255."""
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if got.dtype == np.uint8:
+        return int(np.abs(got.astype(int) - want.astype(int)).max()) <= 1
+    return float(np.abs(got - want).max()) <= 1 / 255
 
 
 def _free_port() -> int:
@@ -197,7 +231,8 @@ def test_serve_refuses_a_port_in_use_before_ray_starts(models, capsys):
 
 
 @pytest.mark.parametrize("flags", [["--port", "0"], ["--port", "70000"], ["--replicas", "0"],
-                                   ["--max-batch-size", "0"], ["--gpus-per-replica", "-1"]])
+                                   ["--max-batch-size", "0"], ["--gpus-per-replica", "-1"],
+                                   ["--max-infer-batch", "0"]])
 def test_serve_flags_are_checked(flags, models, capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", str(models["conv"]), *flags])
@@ -238,14 +273,23 @@ def _tuner_serve(model_dir: Path, *flags: str):
     assert _wait_gone(started) == [], f"processes left running after tuner serve {' '.join(flags)} stopped"
 
 
-def test_tuner_serve_serves_until_interrupted(models, images):
-    """The real command: it says where it serves, answers, and Ctrl-C (SIGINT) ends it and every
-    Ray process it started."""
+def test_tuner_serve_serves_until_interrupted(models, images, digits):
+    """The real command: it says where it serves, answers PNGs and tritonclient's infer requests
+    (JSON and binary, UINT8 and FP32) as ``tuner.denoise`` in-process, and Ctrl-C (SIGINT) ends it
+    and every Ray process it started."""
     with _tuner_serve(models["conv"]) as s:
         assert requests.get(f"{s['url']}/healthz", timeout=TIMEOUT).text == "ok\n"
         r = requests.post(f"{s['url']}/denoise", data=images["8x8.png"], timeout=TIMEOUT)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert _close(_decode(r.content), _expected(models["conv"], images["8x8.png"]))
+        client = _client(s["url"])
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("denoiser")
+        batch = digits.test[:6]  # (6, 1, 8, 8) uint8
+        for a in (batch, batch.astype(np.float32) / 255):
+            for binary in (False, True):
+                got = _infer(client, a, binary)
+                assert _within(got, _expected_tensor(models["conv"], a)), (a.dtype, binary)
+        client.close()
         s["proc"].send_signal(signal.SIGINT)
 
 
@@ -286,6 +330,10 @@ def test_tuner_serve_haproxy_answers_refuses_and_stops(models, images):
             r = requests.request(method, url + path, data=body, timeout=TIMEOUT)
             assert r.status_code == status and words in r.text, (name, r.status_code, r.text[:300])
         assert requests.get(f"{url}/model", timeout=TIMEOUT).json()["config"]["trial"]["arch"] == "conv"
+        client = _client(url)  # the binary data extension's header passes through HAProxy both ways
+        a = np.random.default_rng(0).integers(0, 256, (3, 1, 9, 11), dtype=np.uint8)
+        assert _within(_infer(client, a, binary=True), _expected_tensor(models["conv"], a))
+        client.close()
         s["proc"].send_signal(signal.SIGINT)
     assert set(Path(tempfile.gettempdir()).glob("tuner-haproxy-*")) == before  # removed at the stop
     assert set(Path("/tmp/haproxy-serve").glob("*")) <= shared
@@ -325,8 +373,8 @@ def service(models):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A 50 ms window, so the concurrent requests below reliably land in one batch on a loaded machine.
-    serve.run(app_builder({"model_dir": str(models["conv"]), "max_batch_size": 8, "batch_wait_timeout_s": 0.05}),
-              name="conv", route_prefix="/")
+    serve.run(app_builder({"model_dir": str(models["conv"]), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
+                           "max_infer_batch": 8}), name="conv", route_prefix="/")
     serve.run(app_builder({"model_dir": str(models["dense"])}), name="dense", route_prefix="/dense")
     started = {p: s for p, s in _descendants(os.getpid()).items() if p not in before}
 
@@ -370,7 +418,7 @@ def test_model_and_healthz(service, models):
     info = requests.get(f"{service['url']}/model", timeout=TIMEOUT).json()
     assert info["config"] == json.loads((models["conv"] / "config.json").read_text())
     assert info["metrics"] == json.loads((models["conv"] / "metrics.json").read_text())
-    assert info["replica"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert info["replica"]["device"] == "cpu"  # no --gpus-per-replica: the CPU, even on a GPU machine
     assert info["replica"]["max_batch_size"] == 8
     dense = requests.get(f"{service['url']}/dense/model", timeout=TIMEOUT).json()
     assert dense["config"]["trial"]["arch"] == "dense"
@@ -443,6 +491,95 @@ def test_hostile_request_is_refused_and_the_service_still_answers(name, service,
         good = _denoise(service["url"] + prefix, images["8x8.png"])
         assert good.status_code == 200
         assert _close(_decode(good.content), _expected(models["dense" if prefix else "conv"], images["8x8.png"]))
+
+
+# ---------------------------------------------------------------- the Open Inference Protocol, with tritonclient
+
+@pytest.mark.parametrize("dtype", ["UINT8", "FP32"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "JSON"])
+def test_infer_matches_tuner_denoise(dtype, binary, service, models, digits):
+    """A batch of digits and an odd-sized image, through tritonclient: what ``tuner.denoise`` makes of
+    the same tensors in-process, to 1/255, in the datatype sent."""
+    client = _client(service["url"])
+    big = np.kron(digits.test[:2], np.ones((1, 1, 3, 2), np.uint8))[..., :13]  # (2, 1, 24, 13)
+    for a in (digits.test[:8], big):
+        a = a if dtype == "UINT8" else a.astype(np.float32) / 255
+        assert _within(_infer(client, a, binary), _expected_tensor(models["conv"], a))
+    client.close()
+
+
+def test_protocol_metadata_matches_the_model(service, models):
+    """Server and model metadata through tritonclient, for the conv model (any size) and the dense
+    one (8x8 only, at /dense); an unknown model or version is the protocol's 404."""
+    client = _client(service["url"])
+    server = client.get_server_metadata()
+    assert server["name"] == "tuner" and "binary_tensor_data" in server["extensions"]
+    meta = client.get_model_metadata("denoiser")
+    assert meta == client.get_model_metadata("denoiser", model_version="1")
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"] + meta["outputs"]] == [
+        ("INPUT", "UINT8", [-1, 1, -1, -1]), ("OUTPUT", "UINT8", [-1, 1, -1, -1])]
+    config = json.loads((models["conv"] / "config.json").read_text())
+    p = meta["parameters"]
+    assert p["device"] == "cpu" and p["experiment"] == config["experiment"] and p["max_batch_size"] == 8
+    assert (p["tile"], p["tile_overlap"]) == (512, 32)
+    dense = _client(service["url"] + "/dense")
+    assert dense.get_model_metadata("denoiser")["inputs"][0]["shape"] == [-1, 1] + config["image_shape"][1:]
+    assert dense.is_model_ready("denoiser") and not client.is_model_ready("resnet")
+    for name, version in (("resnet", ""), ("denoiser", "2")):
+        with pytest.raises(InferenceServerException) as e:
+            client.get_model_metadata(name, model_version=version)
+        assert e.value.status() == "404" and "unknown" in e.value.message()
+    x = httpclient.InferInput("INPUT", [1, 1, 8, 8], "UINT8").set_data_from_numpy(np.zeros((1, 1, 8, 8), np.uint8))
+    answer = client.infer("denoiser", [x], model_version="1", request_id="req-7").get_response()
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == ("denoiser", "1", "req-7")
+    with pytest.raises(InferenceServerException) as e:  # the stated batch limit, as tritonclient reports it
+        _infer(client, np.zeros((9, 1, 8, 8), np.uint8))
+    assert e.value.status() == "400" and "max_batch_size of 8" in e.value.message()
+    client.close()
+    dense.close()
+
+
+def test_photo_is_denoised_in_tiles_as_in_process(service, models):
+    """A grayscale photo wider than one 512-px tile goes through the replica in tiles, and the
+    answer is ``tuner.denoise``'s (which tiles the same way) to 1/255."""
+    from skimage import data
+
+    cam = data.camera()  # (512, 512) uint8
+    photo = np.hstack([cam[:48], cam[48:96, :120]])[None, None]  # (1, 1, 48, 632): two tiles across
+    client = _client(service["url"])
+    before = requests.get(f"{service['url']}/model", timeout=TIMEOUT).json()["replica"]["tiled_images"]
+    assert _within(_infer(client, photo), _expected_tensor(models["conv"], photo))
+    assert requests.get(f"{service['url']}/model", timeout=TIMEOUT).json()["replica"]["tiled_images"] == before + 1
+    client.close()
+
+
+HOSTILE_HTTP = {  # name: (path under /v2/models, body, headers, status, words): what only a server sees
+    "unknown model": ("resnet/infer", b"{}", {}, 404, "unknown model 'resnet'"),
+    "unknown version": ("denoiser/versions/7/infer", b"{}", {}, 404, "unknown version '7'"),
+    "unknown endpoint": ("denoiser/config", None, {}, 404, "no endpoint /v2/models/denoiser/config"),
+    "body over the limit": ("denoiser/infer", b" " * (protocol.MAX_INFER_BYTES + 1), {}, 413, "over the limit"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_INFER) + list(HOSTILE_HTTP))
+def test_hostile_infer_is_refused_and_the_service_still_answers(name, service, models, digits):
+    """Each hostile request gets its status and the protocol's ``{"error": ...}``; then the service
+    is ready and answers a good request correctly."""
+    if name in HOSTILE_INFER:
+        make, status, words = HOSTILE_INFER[name]
+        (body, headers), path = make(), "denoiser/infer"
+    else:
+        path, body, headers, status, words = HOSTILE_HTTP[name]
+    url = f"{service['url']}/v2/models/{path}"
+    r = requests.post(url, data=body, headers=headers, timeout=TIMEOUT) if body is not None else \
+        requests.get(url, timeout=TIMEOUT)
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert r.headers["content-type"] == "application/json" and words in r.json()["error"], r.text[:300]
+    client = _client(service["url"])
+    assert client.is_server_ready() and client.is_model_ready("denoiser")
+    good = digits.test[:2]
+    assert _within(_infer(client, good), _expected_tensor(models["conv"], good))
+    client.close()
 
 
 def test_shutdown_leaves_no_ray_process(service):

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve an exported model over HTTP with Ray Serve (blocks until Ctrl-C)",
                        description="POST /denoise (one PNG/JPEG in, the denoised PNG out), GET /model, "
-                                   "GET /healthz.")
+                                   "GET /healthz, and the Open Inference Protocol (KServe V2 / Triton HTTP): "
+                                   "GET /v2, /v2/health/live|ready, /v2/models/denoiser[/ready], "
+                                   "POST /v2/models/denoiser/infer.")
     s.add_argument("model_dir", help="an exported model folder, e.g. runs/quickstart/best")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on; default 127.0.0.1 (this "
                    "machine only); 0.0.0.0 exposes the service to the network")
@@ -141,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-replica", type=_resource, default=0.0,
                    help="GPUs per replica; fractions pack replicas on one GPU, e.g. 0.25; default 0")
     s.add_argument("--max-batch-size", type=_positive_int, default=16,
-                   help="most concurrent requests denoised in one forward pass; default 16")
+                   help="most concurrent POST /denoise requests denoised in one forward pass; default 16")
+    s.add_argument("--max-infer-batch", type=_positive_int, default=256,
+                   help="most images (N of [N, C, H, W]) in one /v2 infer request; a larger batch is refused "
+                        "(400); default 256")
     s.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
                    "'ray up'; default: start a local Ray")
     s.add_argument("--haproxy", action="store_true",
@@ -226,6 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tuner.serve import ServeArgs, serve_forever
 
     serve_forever(ServeArgs(model_dir=args.model_dir, replicas=args.replicas,
-                            gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size),
+                            gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size,
+                            max_infer_batch=args.max_infer_batch),
                   host=args.host, port=args.port, address=args.address, haproxy=args.haproxy)
     return 0

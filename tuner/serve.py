@@ -5,17 +5,25 @@ Endpoints of the application (one deployment, :class:`Denoiser`, with a FastAPI 
 - ``POST /denoise``: the body is one PNG/JPEG; the answer is the denoised PNG, same size, read and
   converted by the same code as ``tuner denoise`` (:func:`tuner.denoise.load_image`, ``to_pil``).
 - ``GET /model``: ``config.json`` and ``metrics.json`` of the model folder, and this replica's
-  counters (requests, batches, largest batch, device).
+  counters (requests, batches, largest batch, infer requests and images, device).
 - ``GET /healthz``: ``ok``.
+- The Open Inference Protocol (KServe V2, Triton's HTTP API; :mod:`tuner.protocol` parses and
+  answers it), for clients such as ``tritonclient.http``: ``GET /v2`` (server metadata),
+  ``GET /v2/health/live`` and ``/v2/health/ready``, ``GET /v2/models/denoiser`` (names, datatypes,
+  shapes, limits, device) and ``/v2/models/denoiser/ready``, ``POST /v2/models/denoiser/infer``
+  (a batch ``[N, C, H, W]`` of ``UINT8`` or ``FP32`` in one tensor, JSON or binary), each also under
+  ``/v2/models/denoiser/versions/1/``. Refusals there are ``{"error": "..."}``.
 
-Requests that arrive together are denoised together (``serve.batch``, up to ``max_batch_size``),
-grouped by image size inside the batch; images larger than 512x512 go through one overlapping tile at a
-time, as in ``tuner denoise`` (:func:`tuner.denoise.denoise`), so a replica's memory stays bounded
-whatever the size of the images it is sent. Bad input is refused with one line of text: 400 for an
-empty body, a body that is not a PNG/JPEG or is truncated, or a size a dense model does not take;
-413 for a body over :data:`MAX_BODY_BYTES` (from ``Content-Length`` before reading, else while
-reading) or an image whose header claims more than ``tuner.data.MAX_IMAGE_PIXELS`` pixels (before
-any pixel is decoded). Wrong paths and methods get FastAPI's own 404 / 405.
+Requests to ``/denoise`` that arrive together are denoised together (``serve.batch``, up to
+``max_batch_size``), grouped by image size inside the batch; an infer request is its own batch.
+Images larger than 512x512 go through one overlapping tile at a time, as in ``tuner denoise``
+(:func:`tuner.denoise.denoise`), and a replica runs one forward pass at a time, so its memory stays
+bounded whatever the size of the images it is sent. Bad input to ``/denoise`` is refused with one
+line of text: 400 for an empty body, a body that is not a PNG/JPEG or is truncated, or a size a
+dense model does not take; 413 for a body over :data:`MAX_BODY_BYTES` (from ``Content-Length``
+before reading, else while reading) or an image whose header claims more than
+``tuner.data.MAX_IMAGE_PIXELS`` pixels (before any pixel is decoded). Wrong paths and methods get
+FastAPI's own 404 / 405 (under ``/v2``, the protocol's 404).
 
 The application is built by :func:`app_builder` from plain arguments, so Ray Serve's own tools run
 it too::
@@ -42,12 +50,14 @@ from typing import Any, Optional
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from tuner import protocol
 from tuner.data import DatasetError, ImageTooLarge
-from tuner.denoise import denoise, load_image, load_model, to_pil
+from tuner.denoise import denoise, load_image, load_model, tile_size, to_pil
+from tuner.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +86,9 @@ class ServeArgs(BaseModel):
     model_dir: str  # an exported model folder (local path or s3:// URI every node can read)
     replicas: int = Field(1, ge=1)  # copies of the model, each in its own Ray actor
     gpus_per_replica: float = Field(0.0, ge=0)  # fractions share a GPU, e.g. 0.25 packs four replicas
-    max_batch_size: int = Field(16, ge=1, le=1024)  # most requests denoised in one forward pass
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)  # how long a batch waits to fill up
+    max_batch_size: int = Field(16, ge=1, le=1024)  # most /denoise requests denoised in one forward pass
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)  # how long a /denoise batch waits to fill up
+    max_infer_batch: int = Field(256, ge=1, le=65536)  # most images (N) in one infer request's tensor
 
 
 def app_builder(args: dict[str, Any] | ServeArgs) -> serve.Application:
@@ -98,7 +109,8 @@ def app_builder(args: dict[str, Any] | ServeArgs) -> serve.Application:
         ray_actor_options={"num_cpus": 1, "num_gpus": a.gpus_per_replica},
         # Enough requests in flight at a replica to fill two batches while one runs.
         max_ongoing_requests=max(8, 2 * a.max_batch_size),
-    ).bind(absolute(a.model_dir), a.max_batch_size, a.batch_wait_timeout_s)
+    ).bind(absolute(a.model_dir), a.max_batch_size, a.batch_wait_timeout_s, a.max_infer_batch,
+           a.gpus_per_replica)
 
 
 class Refused(Exception):
@@ -117,21 +129,39 @@ async def _refused(request: Request, e: Refused) -> PlainTextResponse:
     return PlainTextResponse(f"{e}\n", status_code=e.status)
 
 
+@api.exception_handler(ProtocolError)
+async def _protocol_error(request: Request, e: ProtocolError) -> JSONResponse:
+    return JSONResponse(protocol.error_body(str(e)), status_code=e.status)
+
+
 class Denoiser:
-    """One replica: the model, loaded once (weights only), on the GPU when the node has one.
+    """One replica: the model, loaded once (weights only), on the GPU when it was given a share of one.
 
     A plain class, importable as ``tuner.serve.Denoiser``, so Ray ships it to replicas by name;
     :data:`deployment` is it wrapped for Serve.
     """
 
-    def __init__(self, model_dir: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+    def __init__(self, model_dir: str, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
+                 max_infer_batch: int = 256, gpus: float = 0.0):
+        # A replica with no GPU share stays on the CPU even on a GPU node: the GPU is someone else's.
+        # With a share, Ray sets CUDA_VISIBLE_DEVICES to the replica's GPU, which is then cuda:0.
+        self.device = "cuda:0" if gpus > 0 else "cpu"
         self.model = load_model(model_dir, self.device)
         self.info = {"model_dir": model_dir, "config": self.model.config, "metrics": _metrics(model_dir)}
         self.max_batch_size = max_batch_size
         self.denoise_batch.set_max_batch_size(max_batch_size)
         self.denoise_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.stats = {"requests": 0, "images": 0, "batches": 0, "largest_batch": 0}
+        self.stats = {"requests": 0, "images": 0, "batches": 0, "largest_batch": 0,
+                      "infer_requests": 0, "infer_images": 0, "tiled_images": 0}
+        self.lock = asyncio.Lock()  # one forward pass at a time: one CPU, and one tile's activations, per replica
+        self.signature = protocol.Signature(self.model.channels, self.model.fixed_size, max_infer_batch)
+        tiles = tile_size(self.model)
+        self.tile = tiles[0] if tiles else None
+        device_name = torch.cuda.get_device_name(0) if gpus > 0 else "cpu"
+        self.server = protocol.server_metadata(_version())
+        self.metadata = protocol.model_metadata(self.signature, {
+            "device": self.device, "device_name": device_name, "experiment": self.model.config.get("experiment"),
+            "tile": self.tile, "tile_overlap": tiles[1] if tiles else None})
         log.info("replica serving %s on %s", model_dir, self.device)
 
     @api.get("/healthz", response_class=PlainTextResponse)
@@ -146,7 +176,9 @@ class Denoiser:
     @api.post("/denoise")
     async def denoise_image(self, request: Request) -> Response:
         self.stats["requests"] += 1
-        body = await _read_body(request)
+        body = await _read_body(request, MAX_BODY_BYTES)
+        if not body:
+            raise Refused(400, f"{BODY_NAME}: empty; send one PNG or JPEG image as the body")
         try:  # decode off the event loop, so requests keep arriving while a big image decodes
             x = await asyncio.to_thread(load_image, body, self.model, BODY_NAME)  # (C, H, W)
         except ImageTooLarge as e:
@@ -170,36 +202,116 @@ class Denoiser:
         out: list[Optional[torch.Tensor | Exception]] = [None] * len(images)
         for idx in groups.values():
             batch = torch.stack([images[i] for i in idx])  # (B, C, H, W)
+            self._count_tiled(batch)
             try:
-                y = await asyncio.to_thread(denoise, self.model, batch, len(idx))
+                y = await self._locked(denoise, self.model, batch, len(idx))
             except Exception as e:  # e.g. out of GPU memory on one big image: fail only its size's requests
                 y = [e] * len(idx)
             for i, yi in zip(idx, y):
                 out[i] = yi
         return out  # type: ignore[return-value]
 
+    async def _locked(self, fn, *args):
+        """``fn(*args)`` off the event loop, one model call at a time in this replica."""
+        async with self.lock:
+            return await asyncio.to_thread(fn, *args)
+
+    def _count_tiled(self, images) -> None:
+        if self.tile and max(images.shape[-2:]) > self.tile:
+            self.stats["tiled_images"] += len(images)
+
+    def _parse(self, body: bytes, encoding: Optional[str], header_length: Optional[str]) -> protocol.InferRequest:
+        return protocol.parse_infer(protocol.inflate(body, encoding), header_length, self.signature)
+
+    def _infer_images(self, request: protocol.InferRequest):
+        """The request's images denoised, in its datatype. Converted here, under the lock, so only
+        one request's float copy exists at a time."""
+        y = denoise(self.model, protocol.to_floats(request.images))  # (N, C, H, W) in [0, 1]
+        return protocol.from_floats(y, request.datatype)
+
+    # ------------------------------------------------------------ the Open Inference Protocol
+
+    @api.get("/v2")
+    def server_metadata(self) -> dict[str, Any]:
+        return self.server
+
+    @api.get("/v2/health/live")
+    def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    def ready(self) -> dict[str, bool]:
+        return {"ready": True}  # a replica answers only once its model is loaded
+
+    @api.get("/v2/models/{name}")
+    @api.get("/v2/models/{name}/versions/{version}")
+    def model_metadata(self, name: str, version: Optional[str] = None) -> dict[str, Any]:
+        protocol.check_model(name, version)
+        return self.metadata
+
+    @api.get("/v2/models/{name}/ready")
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    def model_ready(self, name: str, version: Optional[str] = None) -> dict[str, Any]:
+        protocol.check_model(name, version)
+        return {"name": name, "ready": True}
+
+    @api.post("/v2/models/{name}/infer")
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(self, name: str, request: Request, version: Optional[str] = None) -> Response:
+        protocol.check_model(name, version)
+        self.stats["infer_requests"] += 1
+        try:
+            body = await _read_body(request, protocol.MAX_INFER_BYTES)
+        except Refused as e:
+            raise ProtocolError(e.status, str(e)) from None
+        # Inflated, checked and read off the event loop (JSON can be megabytes), before any pixel is converted.
+        req = await asyncio.to_thread(self._parse, body, request.headers.get("content-encoding"),
+                                      request.headers.get(protocol.HEADER_LENGTH))
+        self.stats["infer_images"] += len(req.images)
+        self._count_tiled(req.images)
+        try:
+            y = await self._locked(self._infer_images, req)
+        except Exception as e:  # e.g. out of GPU memory: this request fails, the replica keeps serving
+            log.exception("infer failed")
+            raise ProtocolError(500, f"inference failed: {type(e).__name__}: {str(e)[:200]}") from None
+        content, headers = await asyncio.to_thread(protocol.encode_infer, req, y)
+        return Response(content, headers=headers)
+
+    @api.api_route("/v2/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    def not_an_endpoint(self, path: str) -> None:
+        raise ProtocolError(404, f"no endpoint /v2/{path[:100]}: this server answers GET /v2, /v2/health/live, "
+                                 f"/v2/health/ready, /v2/models/{protocol.MODEL_NAME}[/ready] and POST "
+                                 f"/v2/models/{protocol.MODEL_NAME}/infer")
+
 
 # The Serve deployment (named "Denoiser" in config files) with the FastAPI routes above.
 deployment = serve.deployment(name="Denoiser")(serve.ingress(api)(Denoiser))
 
 
-async def _read_body(request: Request) -> bytes:
-    """The request body, refused (413) past MAX_BODY_BYTES without reading the rest, 400 if empty."""
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past ``limit`` bytes without reading the rest."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise Refused(400, f"Content-Length {declared[:40]!r} is not a byte count")
-        if int(declared) > MAX_BODY_BYTES:
-            raise Refused(413, f"{BODY_NAME}: {int(declared):,} bytes, over the limit of {MAX_BODY_BYTES:,}")
+        if int(declared) > limit:
+            raise Refused(413, f"{BODY_NAME}: {int(declared):,} bytes, over the limit of {limit:,}")
     chunks, size = [], 0
     async for chunk in request.stream():  # chunked uploads have no Content-Length: count as we go
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise Refused(413, f"{BODY_NAME}: over the limit of {MAX_BODY_BYTES:,} bytes")
+        if size > limit:
+            raise Refused(413, f"{BODY_NAME}: over the limit of {limit:,} bytes")
         chunks.append(chunk)
-    if size == 0:
-        raise Refused(400, f"{BODY_NAME}: empty; send one PNG or JPEG image as the body")
     return b"".join(chunks)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tuner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _png(x: torch.Tensor) -> bytes:
@@ -283,7 +395,8 @@ def serve_forever(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000,
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app_builder(args), name="tuner", route_prefix="/", blocking=False)
-        print(f"serving {args.model_dir} at http://{host}:{port}: POST /denoise, GET /model, GET /healthz "
+        print(f"serving {args.model_dir} at http://{host}:{port}: POST /denoise, GET /model, GET /healthz, "
+              f"and the Open Inference Protocol at /v2 (model {protocol.MODEL_NAME!r}) "
               f"({args.replicas} replica(s){', HAProxy' if haproxy else ''}); Ctrl-C stops", flush=True)
         signal.signal(signal.SIGTERM, _interrupt)
         while True:
