@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -130,41 +132,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
-    """optuna-dashboard, started as the README says, lists the search's study and its trials."""
+@contextmanager
+def _dashboard(storage_url: str, log: Path) -> Iterator[str]:
+    """optuna-dashboard, started as the README says, on ``storage_url``; yields its base URL once it answers."""
     import shutil
     import time
     import urllib.request
 
-    result, spec = tiny_run
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
-    port = _free_port()
-    url = f"sqlite:///{Path(result.run_dir) / STUDY_FILE}"
-    log = tmp_path / "dashboard.log"
+    base = f"http://127.0.0.1:{_free_port()}"
     with open(log, "w") as out:
-        proc = subprocess.Popen([exe, url, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", base.rsplit(":", 1)[1]],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline, studies = time.monotonic() + 60, None
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.loads(r.read())["study_summaries"]
+                urllib.request.urlopen(f"{base}/api/studies", timeout=5).close()
                 break
             except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
                 time.sleep(0.5)
-        assert studies is not None, log.read_text()[-2000:]
-        ours = [s for s in studies if s["study_name"] == spec.name]
-        assert len(ours) == 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}", timeout=10) as r:
-            detail = json.loads(r.read())
-        trials = detail["trials"]
-        assert len(trials) == spec.budget.num_samples
-        assert {t["state"] for t in trials} == {"Complete", "Pruned"}
-        assert all(t["intermediate_values"] for t in trials) and detail["has_intermediate_values"]
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _dashboard_study(base: str, name: str) -> dict:
+    """The dashboard API's detail of study ``name`` (what its pages draw)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as r:
+        ours = [s for s in json.loads(r.read())["study_summaries"] if s["study_name"] == name]
+    assert len(ours) == 1, ours
+    with urllib.request.urlopen(f"{base}/api/studies/{ours[0]['study_id']}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_the_study_names_its_objective(tiny_run):
+    """The study's one objective is named val_psnr (Optuna's set_metric_names), so optuna-dashboard's
+    plots and trials_dataframe() say val_psnr rather than "Objective 0"."""
+    result, spec = tiny_run
+    study = _study(Path(result.run_dir), spec.name)
+    assert study.metric_names == [METRIC]
+    assert f"value_{METRIC}" in study.trials_dataframe().columns
+
+
+def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
+    """optuna-dashboard, started as the README says, lists the search's study and its trials, and
+    names its objective val_psnr."""
+    result, spec = tiny_run
+    with _dashboard(f"sqlite:///{Path(result.run_dir) / STUDY_FILE}", tmp_path / "dashboard.log") as base:
+        detail = _dashboard_study(base, spec.name)
+    trials = detail["trials"]
+    assert len(trials) == spec.budget.num_samples
+    assert {t["state"] for t in trials} == {"Complete", "Pruned"}
+    assert all(t["intermediate_values"] for t in trials) and detail["has_intermediate_values"]
+    assert detail["objective_names"] == [METRIC]
 
 
 def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
@@ -227,3 +252,97 @@ def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
         assert not old.exists()
     else:
         assert (old / STUDY_FILE).read_bytes() == original  # the original's study untouched
+
+
+# ---------------------------------------------------------------- the study on a PostgreSQL server
+
+def _killed_and_reaped(proc: subprocess.Popen) -> None:
+    """SIGKILL a CLI search started in its own session (driver, Ray's GCS and raylet at once), then
+    wait for its trial workers, which have process groups of their own, to exit without their raylet."""
+    import os
+    import signal
+
+    import psutil
+
+    ours = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    _, alive = psutil.wait_procs(ours, timeout=60)
+    for p in alive:  # by the PIDs this search started, never by name
+        p.kill()
+
+
+def test_a_search_on_a_postgresql_server_resumes_reports_and_serves(postgres_url, tmp_path, request):
+    """``--study-storage postgresql://...`` end to end on a real server: the CLI's search writes its
+    study there, is killed mid-trial, resumes (the searcher reopens the server's study from its URL),
+    ``tuner report`` ranks hyperparameters from the server's study, and ``optuna.load_study`` and
+    optuna-dashboard read it with its objective named."""
+    import os
+    import shutil
+    import tempfile
+    import time
+
+    # 2 trials x 3 epochs, one at a time; grace period = max_epochs: both run to the end.
+    spec_path = _tiny_variant(tmp_path, {"num_samples": 2, "max_epochs": 3, "grace_period": 3, "max_concurrent": 1},
+                              name="pg_e2e")
+    runs = tmp_path / "runs"
+    run = runs / "pg_e2e"
+    cmd = [sys.executable, "-m", "tuner", "tune", str(spec_path), "--storage", str(runs),
+           "--study-storage", postgres_url, "--no-report"]
+    ray_tmp = tempfile.mkdtemp(prefix="tp-", dir="/tmp")  # this search's own Ray (short: socket paths)
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+
+    def study() -> optuna.Study:
+        return optuna.load_study(study_name="pg_e2e", storage=postgres_url)
+
+    def started() -> bool:  # the first trial has reported an epoch to the server and Ray has its snapshot
+        try:
+            return (run / "tuner.pkl").exists() and any(t.intermediate_values for t in study().trials)
+        except KeyError:  # the study does not exist yet
+            return False
+
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not started():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        _killed_and_reaped(proc)
+    assert sum(t.state.is_finished() for t in study().trials) < 2  # killed with the search unfinished
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming search pg_e2e" in resumed.stderr
+    final = study()
+    assert len(final.trials) == 2, [(t.number, t.state) for t in final.trials]  # no duplicate of the killed one
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in final.trials)
+    assert final.metric_names == [METRIC] and final.user_attrs["run_dir"] == str(run)
+    assert final.best_value == pytest.approx(max(max(t.intermediate_values.values()) for t in final.trials))
+    assert (run / "best" / "model.pt").exists()
+
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "2 trials that ran to the end" in page  # importances from the server's COMPLETE trials
+
+    with _dashboard(postgres_url, tmp_path / "dashboard.log") as base:
+        detail = _dashboard_study(base, "pg_e2e")
+    assert detail["objective_names"] == [METRIC]
+    assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda url: url.replace(":tuner-test@", ":wrong@"), "password authentication failed"),
+    (lambda url: url.rsplit("/", 1)[0] + "/nosuchdb", 'database "nosuchdb" does not exist'),
+    (lambda url: url.rsplit(":", 1)[0] + ":9/optuna", "Connection refused"),
+], ids=["wrong password", "no such database", "nothing listening"])
+def test_a_postgresql_server_that_cannot_be_used_is_one_line_exit_2(postgres_url, tmp_path, capsys, spoil, fragment):
+    url = spoil(postgres_url)
+    code = main(["tune", str(TINY), "--storage", str(tmp_path / "runs"), "--study-storage", url])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert "tuner-test" not in err and ":wrong@" not in err  # the password is masked
+    assert not (tmp_path / "runs" / "tiny").exists()  # refused before the run folder, the study or Ray

@@ -251,7 +251,7 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
         storage = optuna.storages.InMemoryStorage()
     else:
         storage = study.open_storage(url)
-        log.info("Optuna study %r in %s", spec.name, url)
+        log.info("Optuna study %r in %s", spec.name, study.shown_url(url))
     study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
     loaded = optuna.load_study(study_name=spec.name, storage=storage)
     for point in spec.start_from:  # what Ray's points_to_evaluate does; partial ones are completed by TPE

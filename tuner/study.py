@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -32,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from tuner.storage import STUDY_FILE, is_uri
-from tuner.train import DIVERGED_PSNR
+from tuner.train import DIVERGED_PSNR, METRIC
 
 if TYPE_CHECKING:
     from tuner.spec import ExperimentSpec
@@ -60,19 +61,41 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Open (and create the tables of) an Optuna RDB storage.
 
     Raises:
-        StudyError: a bad URL, an unreachable server, or a file that is not a database.
+        StudyError: a bad URL, an unreachable server, a missing database driver, or a file that is
+            not a database.
     """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        # SQLite: wait for a reader (optuna-dashboard) rather than fail on a locked file.
-        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except Exception as e:  # SQLAlchemy's and the drivers' errors have no common base worth naming
         reason = " ".join(str(e).split("\n")[0].split())[:200]
-        raise StudyError(f"cannot open the study storage {url!r}: {type(e).__name__}: {reason} "
+        if isinstance(e, ImportError) and url.startswith("postgresql"):
+            reason += " (PostgreSQL needs its driver: pip install 'tuner[postgres]')"
+        raise StudyError(f"cannot open the study storage {shown_url(url)!r}: {type(e).__name__}: {reason} "
                          f"(expected an SQLAlchemy URL such as sqlite:///runs/NAME/study.db or "
                          f"postgresql://user:pass@host/db)") from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked (``***``), for logs and error messages."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing in it is a password field
+        return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Wait for a reader (optuna-dashboard) rather than fail on a locked file.
+        return {"connect_args": {"timeout": 30}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a search outlives a server restart or an idle cut-off
+    if url.startswith("postgresql"):
+        # A firewalled or powered-off head is a one-line error in seconds, not a TCP timeout of minutes.
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
 def study_exists(storage: optuna.storages.RDBStorage, name: str) -> bool:
@@ -89,6 +112,10 @@ def create_study(storage: optuna.storages.RDBStorage, name: str, user_attrs: dic
                              f"add --resume to continue it, or pick another --name")
         optuna.delete_study(study_name=name, storage=storage)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    # The objective's name: optuna-dashboard's plots and trials_dataframe() say val_psnr, not "Objective 0".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 3.2 in practice
+        study.set_metric_names([METRIC])
     for key, value in user_attrs.items():
         study.set_user_attr(key, value)
 
