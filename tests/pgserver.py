@@ -101,7 +101,7 @@ def postgres_server(timeout: float = 60.0, durable: bool = False) -> Iterator[st
                 shutil.chown(log, "postgres", "postgres")
             proc = subprocess.Popen(_as_server_user([
                 str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if durable else 'off'}", "-c", "max_connections=50"]),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if durable else 'off'}", "-c", "max_connections=200"]),
                 stdout=out, stderr=subprocess.STDOUT)
         server = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}"
         admin = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT",
