@@ -13,10 +13,13 @@ have recorded:
 - a trial that diverged is ``COMPLETE`` with the worst score, :data:`tuner.train.DIVERGED_PSNR`;
 - a trial that errored is ``FAIL``.
 
-The study lives in a database through Optuna's own RDB storage (SQLAlchemy): by default the
-SQLite file ``<run>/study.db``, or any URL given with ``--study-storage`` (PostgreSQL on a
-cluster's head, say), one study per run, named after it. Only the driver writes to it: the
-searcher runs there. ``optuna-dashboard``, the ``optuna`` CLI and ``optuna.load_study`` read it.
+The study lives in a database through Optuna's own storages: by default the SQLite file
+``<run>/study.db`` (in write-ahead-log mode), or any SQLAlchemy URL given with ``--study-storage``
+(PostgreSQL on a cluster's head, say), or ``journal:///PATH`` (Optuna's JournalStorage file); one
+study per run, named after it, its objective named ``val_psnr``. Only the driver writes to it: the
+searcher runs there, writing through to the database as it goes and reading its trials from its
+own copy (:class:`DriverStorage`). ``optuna-dashboard``, the ``optuna`` CLI and
+``optuna.load_study`` read it.
 """
 from __future__ import annotations
 
