@@ -75,6 +75,28 @@ TUNER_ARMS = [a for a in ARMS if a.startswith("study_")]
 TARGETS = {"ratio": 1.30, "vs_random": 1.15, "p99_ms": 50.0, "rss_kb": 100.0}  # issue 22's table
 RAY_BAR = 1.28  # bookkeeping_overhead: 800 s against 625 s
 AT = (10, 100, 1000)  # suggestion latency around these trial numbers
+# What the profile of part searcher found before issue 22's changes, and what changed (kept in the
+# written section: the numbers above it are re-measured, this is history).
+FINDINGS = """\
+What an in-process profile of the searcher found (`--parts searcher`, a few dozen trials, cProfile;
+counts, not timings), and what issue 22 changed at the cause:
+
+- **A disk flush per commit.** Optuna commits every parameter, intermediate value and state of a
+  trial on its own: about 27 commits per trial with this 13-hyperparameter space. SQLite in its
+  default mode waits for an fsync on each, and the commits were most of a suggestion's time.
+  The study's SQLite now runs in write-ahead-log mode with `synchronous=NORMAL` (no fsync per
+  commit; readers never block the writer); PostgreSQL sessions run with `synchronous_commit=off`.
+  Optuna's JournalStorage file backend fsyncs every append and has no switch for it.
+- **Running trials read back from the database several times per suggestion.** Optuna's
+  `_CachedStorage` keeps finished trials only, and TPE with `constant_liar` turns the study's own
+  cache off; each suggestion read the 16 running trials (parameters, intermediate values,
+  attributes) back about four times, and tuner's resume check (`StudySearch._orphan`) once more.
+  `tuner.study.DriverStorage` now answers the searcher's reads from the driver's own copy (the
+  driver is the study's one writer) and writes through to the database as before; the resume
+  check runs only in a searcher restored after an interruption.
+- What is left per suggestion: the writes themselves (one transaction per parameter, in Optuna's
+  `Trial._suggest`), and TPE's own work, which grows with the number of trials.
+"""
 
 
 # ---------------------------------------------------------------- the swapped trainable
@@ -502,6 +524,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"{cfg['trials'] * cfg['trial_seconds'] / cfg['cpus']:.1f} s) holds for every arm. Ray's own bar, "
             f"`bookkeeping_overhead`: {RAY_BAR}x.",
             body,
+            FINDINGS,
         ])
         print(f"wrote {write_section(SECTION, text)}")
     return 0
