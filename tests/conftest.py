@@ -42,3 +42,16 @@ def tiny_run(tmp_path_factory):
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "tiny.yaml")
     return tuner.tune(spec, storage=str(tmp_path_factory.mktemp("runs")), report=False, verbose=0), spec
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server of the session's own (tests/pgserver.py: private data directory,
+    loopback port, stopped by its PID): the SQLAlchemy URL of its empty ``optuna`` database."""
+    import pgserver
+
+    why = pgserver.cannot_run()
+    if why:
+        pytest.skip(why)
+    with pgserver.postgres_server() as url:
+        yield url

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -105,13 +107,24 @@ def test_bad_start_from_is_one_line_before_ray_starts(tmp_path, capsys, entry, f
 @pytest.mark.parametrize("make_url, fragment", [
     (lambda tmp: "nosuchdb://x", "cannot open the study storage 'nosuchdb://x'"),
     (lambda tmp: f"sqlite:///{tmp / 'text.db'}", "file is not a database"),
-    (lambda tmp: "postgresql://u:p@127.0.0.1:9/db", "cannot open the study storage"),
-], ids=["bad URL", "not a database", "unreachable server"])
+    (lambda tmp: "postgresql://u:p@127.0.0.1:9/db", "Connection refused"),
+    (lambda tmp: f"journal:///{tmp / 'text.db'}", "not a journal"),
+], ids=["bad URL", "not a database", "unreachable server", "not a journal"])
 def test_bad_study_storage_is_one_line_exit_2(tmp_path, capsys, make_url, fragment):
     (tmp_path / "text.db").write_text("this is not SQLite\n" * 100)
     code = main(["tune", str(TINY), "--storage", str(tmp_path / "runs"), "--study-storage", make_url(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_team_study_server_is_the_default_from_the_environment(tmp_path, capsys, monkeypatch):
+    """$TUNER_STUDY_STORAGE (a team's server, set once on a cluster's head) is where a run's study goes
+    when neither --study-storage nor the spec names one: here an unreachable one, refused in one line."""
+    monkeypatch.setenv("TUNER_STUDY_STORAGE", "postgresql://team:secret@127.0.0.1:9/optuna")
+    code = main(["tune", str(TINY), "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot open the study storage 'postgresql://team:***@127.0.0.1:9/optuna'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "tiny").exists()
 
 
 def test_a_study_name_taken_in_a_shared_database_is_refused(tiny_run, tmp_path, capsys):
@@ -130,41 +143,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
-    """optuna-dashboard, started as the README says, lists the search's study and its trials."""
+@contextmanager
+def _dashboard(storage_url: str, log: Path) -> Iterator[str]:
+    """optuna-dashboard, started as the README says, on ``storage_url``; yields its base URL once it answers."""
     import shutil
     import time
     import urllib.request
 
-    result, spec = tiny_run
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
-    port = _free_port()
-    url = f"sqlite:///{Path(result.run_dir) / STUDY_FILE}"
-    log = tmp_path / "dashboard.log"
+    base = f"http://127.0.0.1:{_free_port()}"
     with open(log, "w") as out:
-        proc = subprocess.Popen([exe, url, "--host", "127.0.0.1", "--port", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", base.rsplit(":", 1)[1]],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline, studies = time.monotonic() + 60, None
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + 60
+        while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
-                    studies = json.loads(r.read())["study_summaries"]
+                urllib.request.urlopen(f"{base}/api/studies", timeout=5).close()
                 break
             except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
                 time.sleep(0.5)
-        assert studies is not None, log.read_text()[-2000:]
-        ours = [s for s in studies if s["study_name"] == spec.name]
-        assert len(ours) == 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{ours[0]['study_id']}", timeout=10) as r:
-            detail = json.loads(r.read())
-        trials = detail["trials"]
-        assert len(trials) == spec.budget.num_samples
-        assert {t["state"] for t in trials} == {"Complete", "Pruned"}
-        assert all(t["intermediate_values"] for t in trials) and detail["has_intermediate_values"]
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _dashboard_study(base: str, name: str) -> dict:
+    """The dashboard API's detail of study ``name`` (what its pages draw)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as r:
+        ours = [s for s in json.loads(r.read())["study_summaries"] if s["study_name"] == name]
+    assert len(ours) == 1, ours
+    with urllib.request.urlopen(f"{base}/api/studies/{ours[0]['study_id']}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_the_study_names_its_objective(tiny_run):
+    """The study's one objective is named val_psnr (Optuna's set_metric_names), so optuna-dashboard's
+    plots and trials_dataframe() say val_psnr rather than "Objective 0"."""
+    result, spec = tiny_run
+    study = _study(Path(result.run_dir), spec.name)
+    assert study.metric_names == [METRIC]
+    assert f"value_{METRIC}" in study.trials_dataframe().columns
+
+
+def test_optuna_dashboard_serves_the_study(tiny_run, tmp_path):
+    """optuna-dashboard, started as the README says, lists the search's study and its trials, and
+    names its objective val_psnr."""
+    result, spec = tiny_run
+    with _dashboard(f"sqlite:///{Path(result.run_dir) / STUDY_FILE}", tmp_path / "dashboard.log") as base:
+        detail = _dashboard_study(base, spec.name)
+    trials = detail["trials"]
+    assert len(trials) == spec.budget.num_samples
+    assert {t["state"] for t in trials} == {"Complete", "Pruned"}
+    assert all(t["intermediate_values"] for t in trials) and detail["has_intermediate_values"]
+    assert detail["objective_names"] == [METRIC]
 
 
 def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
@@ -210,7 +246,11 @@ def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
     del searcher, storage
     new.parent.mkdir()
     (shutil.move if how == "moved" else shutil.copytree)(old, new)
-    original = (old / STUDY_FILE).read_bytes() if how == "copied" else None
+    def trials(run: Path) -> list:
+        return [(t.number, t.state, t.intermediate_values) for t in
+                optuna.load_study(study_name="run", storage=default_storage_url(str(run))).trials]
+
+    original = trials(old) if how == "copied" else None
 
     with resuming_in(str(new)):
         restored = StudySearch(max_t=3)
@@ -226,4 +266,173 @@ def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
     if how == "moved":
         assert not old.exists()
     else:
-        assert (old / STUDY_FILE).read_bytes() == original  # the original's study untouched
+        # The original's study untouched (compared as a study: SQLite moves its write-ahead log into
+        # study.db when the last connection closes, so the file's bytes may change, its content not).
+        assert trials(old) == original == [(0, TrialState.RUNNING, {1: 10.0})]
+
+
+# ---------------------------------------------------------------- the study on a PostgreSQL server
+
+def _killed_and_reaped(proc: subprocess.Popen) -> None:
+    """SIGKILL a CLI search started in its own session (driver, Ray's GCS and raylet at once), then
+    wait for its trial workers, which have process groups of their own, to exit without their raylet."""
+    import os
+    import signal
+
+    import psutil
+
+    ours = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    _, alive = psutil.wait_procs(ours, timeout=60)
+    for p in alive:  # by the PIDs this search started, never by name
+        p.kill()
+
+
+def test_a_search_on_a_postgresql_server_resumes_reports_and_serves(postgres_url, tmp_path, request):
+    """``--study-storage postgresql://...`` end to end on a real server: the CLI's search writes its
+    study there, is killed mid-trial, resumes (the searcher reopens the server's study from its URL),
+    ``tuner report`` ranks hyperparameters from the server's study, and ``optuna.load_study`` and
+    optuna-dashboard read it with its objective named."""
+    import os
+    import shutil
+    import tempfile
+    import time
+
+    # 2 trials x 3 epochs, one at a time; grace period = max_epochs: both run to the end.
+    spec_path = _tiny_variant(tmp_path, {"num_samples": 2, "max_epochs": 3, "grace_period": 3, "max_concurrent": 1},
+                              name="pg_e2e")
+    runs = tmp_path / "runs"
+    run = runs / "pg_e2e"
+    cmd = [sys.executable, "-m", "tuner", "tune", str(spec_path), "--storage", str(runs),
+           "--study-storage", postgres_url, "--no-report"]
+    ray_tmp = tempfile.mkdtemp(prefix="tp-", dir="/tmp")  # this search's own Ray (short: socket paths)
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+
+    server = optuna.storages.RDBStorage(postgres_url)  # one connection pool for all the polling below
+
+    def study() -> optuna.Study:
+        return optuna.load_study(study_name="pg_e2e", storage=server)
+
+    def started() -> bool:  # the first trial has reported an epoch to the server and Ray has its snapshot
+        try:
+            return (run / "tuner.pkl").exists() and any(t.intermediate_values for t in study().trials)
+        except KeyError:  # the study does not exist yet
+            return False
+
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not started():
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        _killed_and_reaped(proc)
+    assert sum(t.state.is_finished() for t in study().trials) < 2  # killed with the search unfinished
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming search pg_e2e" in resumed.stderr
+    final = study()
+    assert len(final.trials) == 2, [(t.number, t.state) for t in final.trials]  # no duplicate of the killed one
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in final.trials)
+    assert final.metric_names == [METRIC] and final.user_attrs["run_dir"] == str(run)
+    assert final.best_value == pytest.approx(max(max(t.intermediate_values.values()) for t in final.trials))
+    assert (run / "best" / "model.pt").exists()
+
+    assert main(["report", str(run)]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "2 trials that ran to the end" in page  # importances from the server's COMPLETE trials
+
+    with _dashboard(postgres_url, tmp_path / "dashboard.log") as base:
+        detail = _dashboard_study(base, "pg_e2e")
+    assert detail["objective_names"] == [METRIC]
+    assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
+
+
+@pytest.mark.parametrize("spoil, fragment", [
+    (lambda url: url.replace(":tuner-test@", ":wrong@"), "password authentication failed"),
+    (lambda url: url.rsplit("/", 1)[0] + "/nosuchdb", 'database "nosuchdb" does not exist'),
+    (lambda url: url.rsplit(":", 1)[0] + ":9/optuna", "Connection refused"),
+], ids=["wrong password", "no such database", "nothing listening"])
+def test_a_postgresql_server_that_cannot_be_used_is_one_line_exit_2(postgres_url, tmp_path, capsys, spoil, fragment):
+    url = spoil(postgres_url)
+    code = main(["tune", str(TINY), "--storage", str(tmp_path / "runs"), "--study-storage", url])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert "tuner-test" not in err and ":wrong@" not in err  # the password is masked
+    assert not (tmp_path / "runs" / "tiny").exists()  # refused before the run folder, the study or Ray
+
+
+def test_a_study_in_a_journal_file_is_pickled_by_url_and_read_back(tmp_path):
+    """``journal:///PATH`` (Optuna's JournalStorage on a file): the searcher writes its trials there,
+    is pickled as Tune pickles it and carries on in the same file; tuner.study.load_study reads it."""
+    import pickle
+
+    from ray import tune
+
+    from tuner.study import StudySearch, create_study, load_study, open_storage
+
+    url = f"journal:///{tmp_path / 'runs' / 'study.log'}"
+    storage = open_storage(url)
+    create_study(storage, "journal", {})
+    searcher = StudySearch(max_t=2, metric=METRIC, mode="max", storage=storage, study_name="journal",
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1)})
+    suggested = searcher.suggest("t1")
+    searcher.on_trial_result("t1", {METRIC: 10.0, "epoch": 1, "training_iteration": 1})
+    restored = pickle.loads(pickle.dumps(searcher))
+    assert restored._storage is not storage and restored._storage.url == url
+    restored.on_trial_complete("t1", {METRIC: 12.0, "epoch": 2, "training_iteration": 2})
+    (trial,) = load_study(url, "journal").trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 12.0 and trial.params == suggested
+    assert trial.intermediate_values == {1: 10.0, 2: 12.0}
+    assert load_study(url, "journal").metric_names == [METRIC]
+
+
+def test_the_searcher_reads_its_trials_from_memory_and_its_copy_matches_the_database(tmp_path):
+    """The driver is the study's one writer, so tuner.study.DriverStorage answers the searcher's reads
+    from its own copy: a suggestion with trials running reads no trial back from the database (TPE
+    with constant_liar would otherwise re-read every running trial several times per suggestion),
+    and what the searcher sees is exactly what the database holds."""
+    import sqlalchemy
+    from ray import tune
+
+    from tuner.search import make_sampler
+    from tuner.spec import load_spec
+    from tuner.study import StudySearch, create_study, default_storage_url, open_storage
+
+    url = default_storage_url(str(tmp_path / "run"))
+    storage = open_storage(url)
+    create_study(storage, "mirror", {})
+    spec = load_spec(_tiny_variant(tmp_path, {"num_samples": 12}, name="mirror"))
+    searcher = StudySearch(max_t=3, metric=METRIC, mode="max", storage=storage, study_name="mirror",
+                           sampler=make_sampler(spec))  # TPE as tuner runs it: constant_liar, multivariate
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1), "depth": tune.randint(1, 4),
+                                                  "loss": tune.choice(["mse", "bce"])})
+    for i in range(10):  # 6 trials told (complete, pruned, failed), 4 left running with curves
+        searcher.suggest(f"t{i}")
+        for epoch in (1, 2, 3)[: 1 + i % 3]:
+            searcher.on_trial_result(f"t{i}", {METRIC: 10.0 + i + epoch, "epoch": epoch, "training_iteration": epoch})
+        if i < 6:
+            searcher.on_trial_complete(f"t{i}", {METRIC: 20.0 + i, "epoch": 1 + i % 3, "training_iteration": 3},
+                                       error=i == 5)
+    reads = []  # the trial ids whose curves the database is asked for
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute",
+                            lambda conn, cursor, statement, parameters, *rest: reads.append(tuple(parameters))
+                            if "FROM trial_intermediate_values" in statement else None)
+    assert searcher.suggest("t10") is not None
+    new = searcher._ot_trials["t10"]._trial_id
+    assert set(reads) <= {(new,)}, reads  # only the new trial, read once as the database made it
+
+    def view(trials):
+        return [(t.number, t.state, t.values, t.params, t.distributions, t.intermediate_values, t.user_attrs,
+                 t.system_attrs) for t in trials]
+
+    study_id = storage.get_study_id_from_name("mirror")
+    mine = searcher._ot_study._storage.get_all_trials(study_id)
+    assert view(mine) == view(open_storage(url).get_all_trials(study_id))
+    assert {t.state for t in mine} == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING}

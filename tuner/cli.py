@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
 EXIT_BAD_INPUT = 2
+# A team's or a cluster's study server, for every run that names none (docs/cluster.md); set it on the head.
+STUDY_STORAGE_ENV = "TUNER_STUDY_STORAGE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "'ray up'; default: start a local Ray")
     t.add_argument("--seed", type=int, help="searcher and trial seed (overrides the spec's seed)")
     t.add_argument("--study-storage", metavar="URL",
-                   help="SQLAlchemy URL of the database holding the Optuna study, e.g. "
-                        "postgresql://user:pass@head/optuna (overrides study_storage); "
-                        "default sqlite:///STORAGE/NAME/study.db")
+                   help="where the Optuna study is kept: an SQLAlchemy URL such as "
+                        "postgresql://user@head/optuna (a server every run writes to), or "
+                        "journal:///PATH (Optuna's JournalStorage file); overrides study_storage; "
+                        f"default: the spec's, else ${STUDY_STORAGE_ENV} (a team's server), else "
+                        "sqlite:///STORAGE/NAME/study.db")
     for key, what in (("path", "one folder of photos, split into train / val / test by image"),
                       ("train-path", "the folder of training photos"),
                       ("val-path", "the folder of validation photos (default: some of the training folder's)"),
@@ -185,10 +190,12 @@ def _tune(args: argparse.Namespace) -> int:
     from tuner.search import run_search
     from tuner.spec import load_spec
 
-    spec = load_spec(args.spec).with_overrides(
+    spec = load_spec(args.spec)
+    team_default = None if spec.study_storage else os.environ.get(STUDY_STORAGE_ENV) or None
+    spec = spec.with_overrides(
         name=args.name, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, study_storage=args.study_storage,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, study_storage=args.study_storage or team_default,
         time_budget_s=args.time_budget_s, path=args.path, train_path=args.train_path, val_path=args.val_path,
         test_path=args.test_path)
     result = run_search(spec, storage=args.storage, address=args.address, resume=args.resume,

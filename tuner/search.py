@@ -146,8 +146,6 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     """
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     from tuner.resume import repair as repair_snapshot
     from tuner import study
@@ -189,32 +187,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         log.info("starting search %s: %d trials, up to %d epochs each, in %s",
                  spec.name, num_samples, spec.budget.max_epochs, run_dir)
         write(run_dir, SPEC_FILE, spec.to_yaml())
-        searcher = study.StudySearch(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
-                                     sampler=make_sampler(spec), storage=study_storage, study_name=spec.name,
-                                     run_dir=run_dir)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=spec.param_space(),
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, num_samples=num_samples, time_budget_s=b.time_budget_s,
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=b.max_concurrent),
-                # Rungs in epochs, or in training seconds so that a small fast model and a large slow one
-                # are compared after the same compute (budget.time_attr).
-                scheduler=ASHAScheduler(time_attr=b.time_attr, max_t=b.max_t,
-                                        grace_period=b.grace_period, reduction_factor=b.reduction_factor),
-                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                # A trial of a few seconds would otherwise pay for a fresh worker process and a
-                # torch import each (benchmarks/bench_orchestration.py measured ~8 core-seconds).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage, verbose=verbose,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=b.keep_checkpoints, checkpoint_score_attribute=METRIC,
-                    checkpoint_score_order=MODE),
-                failure_config=tune.FailureConfig(max_failures=b.max_failures),
-            ),
-        )
+        tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
+                           scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
     with study.resuming_in(run_dir) if resume else contextlib.nullcontext():
         results = tuner.fit()
@@ -226,6 +200,76 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
+
+
+def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Optional[type] = None):
+    """The run's :class:`tuner.study.StudySearch` (TPE from :func:`make_sampler`) on its study storage.
+
+    Args:
+        spec: the experiment.
+        study_storage: the storage :func:`_open_study` opened (the study made, ``start_from`` queued).
+        run_dir: the run folder (a study in it moves with it).
+        cls: a subclass of ``StudySearch`` to build instead (``benchmarks/bench_scale.py`` times it).
+    """
+    from tuner import study
+
+    b = spec.budget
+    return (cls or study.StudySearch)(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
+                                      sampler=make_sampler(spec), storage=study_storage, study_name=spec.name,
+                                      run_dir=run_dir)
+
+
+def make_scheduler(spec: ExperimentSpec):
+    """ASHA, its rungs in epochs or in training seconds (``budget.time_attr``), so that a small fast
+    model and a large slow one are compared after the same compute."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    b = spec.budget
+    return ASHAScheduler(time_attr=b.time_attr, max_t=b.max_t, grace_period=b.grace_period,
+                         reduction_factor=b.reduction_factor)
+
+
+def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, scheduler, num_samples: int,
+               verbose: int = 1, callbacks: Optional[list] = None):
+    """The ``Tuner`` of a new search: ``search_alg`` under the spec's concurrency limit, actors
+    reused, checkpoints ranked by ``val_psnr``, the run in ``<storage>/<spec.name>``.
+
+    Args:
+        spec: the experiment.
+        trainable: the Tune trainable (:func:`train_trial` with its data and resources).
+        storage: the runs' parent folder or URI.
+        search_alg: the searcher (:func:`make_searcher`); a ``SearchAlgorithm`` that is not a
+            ``Searcher`` (Ray's ``BasicVariantGenerator``) limits its own concurrency.
+        scheduler: the trial scheduler (:func:`make_scheduler`).
+        num_samples: trials to run.
+        verbose: Ray Tune's verbosity.
+        callbacks: extra Tune callbacks (a benchmark's probes); Ray's own loggers are added as always.
+    """
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+
+    b = spec.budget
+    if isinstance(search_alg, Searcher):
+        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=b.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        param_space=spec.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=num_samples, time_budget_s=b.time_budget_s,
+            search_alg=search_alg, scheduler=scheduler,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            # A trial of a few seconds would otherwise pay for a fresh worker process and a
+            # torch import each (benchmarks/bench_orchestration.py measured ~8 core-seconds).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=storage, verbose=verbose, callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=b.keep_checkpoints, checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=b.max_failures),
+        ),
+    )
 
 
 def make_sampler(spec: ExperimentSpec):
@@ -254,7 +298,7 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
         storage = optuna.storages.InMemoryStorage()
     else:
         storage = study.open_storage(url)
-        log.info("Optuna study %r in %s", spec.name, url)
+        log.info("Optuna study %r in %s", spec.name, study.shown_url(url))
     study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
     loaded = optuna.load_study(study_name=spec.name, storage=storage)
     for point in spec.start_from:  # what Ray's points_to_evaluate does; partial ones are completed by TPE

@@ -330,7 +330,7 @@ class ExperimentSpec(_Section):
     budget: BudgetSpec = BudgetSpec()
     resources: ResourcesSpec = ResourcesSpec()
     searcher: SearcherSpec = SearcherSpec()  # how TPE proposes trials
-    study_storage: Optional[str] = None  # SQLAlchemy URL of the Optuna study; default sqlite:///<run>/study.db
+    study_storage: Optional[str] = None  # the Optuna study's SQLAlchemy URL or journal:///PATH; default sqlite:///<run>/study.db
     fixed: dict[str, Any] = {}  # hyperparameters held constant (TrialConfig fields)
     search: dict[str, Distribution] = {}  # hyperparameters searched
     start_from: list[dict[str, Any]] = []  # known-good (partial) configurations, tried first, in order

@@ -13,18 +13,24 @@ have recorded:
 - a trial that diverged is ``COMPLETE`` with the worst score, :data:`tuner.train.DIVERGED_PSNR`;
 - a trial that errored is ``FAIL``.
 
-The study lives in a database through Optuna's own RDB storage (SQLAlchemy): by default the
-SQLite file ``<run>/study.db``, or any URL given with ``--study-storage`` (PostgreSQL on a
-cluster's head, say), one study per run, named after it. Only the driver writes to it: the
-searcher runs there. ``optuna-dashboard``, the ``optuna`` CLI and ``optuna.load_study`` read it.
+The study lives in a database through Optuna's own storages: by default the SQLite file
+``<run>/study.db`` (in write-ahead-log mode), or any SQLAlchemy URL given with ``--study-storage``
+(PostgreSQL on a cluster's head, say), or ``journal:///PATH`` (Optuna's JournalStorage file); one
+study per run, named after it, its objective named ``val_psnr``. Only the driver writes to it: the
+searcher runs there, writing through to the database as it goes and reading its trials from its
+own copy (:class:`DriverStorage`). ``optuna-dashboard``, the ``optuna`` CLI and
+``optuna.load_study`` read it.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
+import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import optuna
 from optuna.trial import TrialState
@@ -32,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from tuner.storage import STUDY_FILE, is_uri
-from tuner.train import DIVERGED_PSNR
+from tuner.train import DIVERGED_PSNR, METRIC
 
 if TYPE_CHECKING:
     from tuner.spec import ExperimentSpec
@@ -56,30 +62,107 @@ def storage_url(spec: "ExperimentSpec", run_dir: str) -> Optional[str]:
     return spec.study_storage or default_storage_url(run_dir)
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (and create the tables of) an Optuna RDB storage.
+JOURNAL = "journal:///"  # Optuna's JournalStorage on a file: journal:///PATH (journal:////abs/path.log)
+
+
+class JournalStudyStorage(optuna.storages.JournalStorage):
+    """Optuna's ``JournalStorage`` on a file (``JournalFileBackend``), keeping the ``journal:///``
+    URL it was opened from, as ``RDBStorage.url`` does: a pickled :class:`StudySearch` reopens it."""
+
+    def __init__(self, url: str):
+        self.url = url
+        super().__init__(optuna.storages.journal.JournalFileBackend(url.removeprefix(JOURNAL)))
+
+
+StudyStorage = Union[optuna.storages.RDBStorage, JournalStudyStorage]
+
+
+def open_storage(url: str) -> StudyStorage:
+    """Open the study storage at ``url``: an SQLAlchemy URL (Optuna's RDB storage; its tables are
+    created), or ``journal:///PATH`` (Optuna's JournalStorage on a file, made if missing).
 
     Raises:
-        StudyError: a bad URL, an unreachable server, or a file that is not a database.
+        StudyError: a bad URL, an unreachable server, a missing database driver, or a file that is
+            not a database (or not a journal).
     """
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith(("sqlite:///", JOURNAL)):
+        Path(url.removeprefix("sqlite:///").removeprefix(JOURNAL)).parent.mkdir(parents=True, exist_ok=True)
     try:
-        # SQLite: wait for a reader (optuna-dashboard) rather than fail on a locked file.
-        kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        if url.startswith(JOURNAL):
+            try:
+                return JournalStudyStorage(url)
+            except ValueError as e:  # json.JSONDecodeError and Optuna's "Invalid log format."
+                raise ValueError(f"not a journal (a file of Optuna's JSON lines): {e}") from None
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        if url.startswith("sqlite"):
+            _write_ahead(storage)
+        return storage
     except Exception as e:  # SQLAlchemy's and the drivers' errors have no common base worth naming
         reason = " ".join(str(e).split("\n")[0].split())[:200]
-        raise StudyError(f"cannot open the study storage {url!r}: {type(e).__name__}: {reason} "
+        if isinstance(e, ImportError) and url.startswith("postgresql"):
+            reason += " (PostgreSQL needs its driver: pip install 'tuner[postgres]')"
+        raise StudyError(f"cannot open the study storage {shown_url(url)!r}: {type(e).__name__}: {reason} "
                          f"(expected an SQLAlchemy URL such as sqlite:///runs/NAME/study.db or "
-                         f"postgresql://user:pass@host/db)") from None
+                         f"postgresql://user:pass@host/db, or journal:///runs/NAME/study.log)") from None
 
 
-def study_exists(storage: optuna.storages.RDBStorage, name: str) -> bool:
+def url_of(storage: optuna.storages.BaseStorage) -> Optional[str]:
+    """The URL a storage from :func:`open_storage` was opened from; None for one in memory."""
+    return storage.url if isinstance(storage, (optuna.storages.RDBStorage, JournalStudyStorage, DriverStorage)) else None
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked (``***``), for logs and error messages."""
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: nothing in it is a password field
+        return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Wait for a reader (optuna-dashboard) rather than fail on a locked file.
+        return {"connect_args": {"timeout": 30}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}  # a search outlives a server restart or an idle cut-off
+    if url.startswith("postgresql"):
+        # connect_timeout: a firewalled or powered-off head is a one-line error in seconds, not a TCP
+        # timeout of minutes. synchronous_commit off (this session only): a commit returns without
+        # waiting for the server's disk flush. Optuna commits every parameter, value and state of a
+        # trial on its own, some 25 per trial; waiting for a flush each time made the study the
+        # driver's bottleneck (benchmarks/bench_scale.py). A server crash can lose the last fraction of
+        # a second of writes, never corrupt the study (PostgreSQL's "Asynchronous Commit").
+        kwargs["connect_args"] = {"connect_timeout": 10, "options": "-c synchronous_commit=off"}
+    return kwargs
+
+
+def _write_ahead(storage: optuna.storages.RDBStorage) -> None:
+    """SQLite in write-ahead-log mode, synchronous NORMAL, on every connection of ``storage``.
+
+    In SQLite's default mode each of Optuna's ~25 commits per trial waits for an fsync, and a reader
+    (optuna-dashboard) blocks the writer. In WAL mode commits append to ``study.db-wal`` with no
+    fsync (checkpoints flush it), and readers never block the writer. A power cut can lose the last
+    commits, never corrupt the file; a crash of the driver loses nothing (sqlite.org/wal.html).
+    WAL needs a local filesystem, not NFS: there, use JournalStorage or a server.
+    """
+    import sqlalchemy
+
+    def pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file; readers open it in WAL mode too
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # the connections made before the listener (Optuna's table set-up) go
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
-def create_study(storage: optuna.storages.RDBStorage, name: str, user_attrs: dict[str, Any]) -> None:
+def create_study(storage: optuna.storages.BaseStorage, name: str, user_attrs: dict[str, Any]) -> None:
     """Create the run's study, refusing a name a shared database already holds (an empty study,
     left by a search that stopped before its first trial, is replaced)."""
     if study_exists(storage, name):
@@ -89,6 +172,10 @@ def create_study(storage: optuna.storages.RDBStorage, name: str, user_attrs: dic
                              f"add --resume to continue it, or pick another --name")
         optuna.delete_study(study_name=name, storage=storage)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    # The objective's name: optuna-dashboard's plots and trials_dataframe() say val_psnr, not "Objective 0".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 3.2 in practice
+        study.set_metric_names([METRIC])
     for key, value in user_attrs.items():
         study.set_user_attr(key, value)
 
@@ -115,6 +202,137 @@ def end_running(storage: optuna.storages.BaseStorage, name: str, max_epochs: int
         else:
             study.tell(t.number, state=TrialState.PRUNED)
     return len(running)
+
+
+class DriverStorage(optuna.storages.BaseStorage):
+    """The searcher's view of its study database: every write goes to the database as it happens,
+    every read of a trial is answered from this process's copy.
+
+    Only the driver writes a search's trials (the searcher runs there). Optuna's own cache
+    (``_CachedStorage``) cannot know that: it keeps finished trials only and reads every running
+    trial back from the database on each look, and TPE with ``constant_liar`` looks several times
+    per suggestion (``use_cache = not constant_liar``, samplers/_tpe/sampler.py): with 16 trials in
+    flight that was most of a suggestion's time (benchmarks/bench_scale.py, part searcher). Here
+    the trials are read from the database once, when the study is first used (a resumed search's
+    included), and kept up to date by the writes that pass through. Study-level calls (names,
+    directions, attributes: what optuna-dashboard's notes write) go to the database.
+
+    Args:
+        backend: the study database, from :func:`open_storage`.
+    """
+
+    def __init__(self, backend: StudyStorage):
+        self.url = backend.url
+        self._backend = backend
+        self._trials: dict[int, optuna.trial.FrozenTrial] = {}  # trial id -> its current state
+        self._study_trials: dict[int, list[int]] = {}  # study id -> its trial ids by number
+        self._lock = threading.RLock()
+
+    def _ids(self, study_id: int) -> list[int]:
+        if study_id not in self._study_trials:  # the one full read
+            trials = self._backend.get_all_trials(study_id, deepcopy=False)  # never changed in place: _update
+            self._trials.update({t._trial_id: t for t in trials})
+            self._study_trials[study_id] = [t._trial_id for t in sorted(trials, key=lambda t: t.number)]
+        return self._study_trials[study_id]
+
+    def _reread(self, trial_id: int) -> None:
+        self._trials[trial_id] = self._backend.get_trial(trial_id)
+
+    def _update(self, trial_id: int, **fields: Any) -> None:
+        """Replace the trial by a copy with ``fields`` (name -> (key, value)) set: a trial handed out
+        earlier is never changed under its holder, as in Optuna's InMemoryStorage."""
+        if trial_id not in self._trials:
+            self._reread(trial_id)
+        trial = copy.copy(self._trials[trial_id])
+        for name, (key, value) in fields.items():
+            setattr(trial, name, {**getattr(trial, name), key: value})
+        self._trials[trial_id] = trial
+
+    # ---------------------------------------------------------------- study level: the database's
+    def create_new_study(self, directions, study_name=None):
+        return self._backend.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self._backend.delete_study(study_id)
+        with self._lock:
+            for trial_id in self._study_trials.pop(study_id, []):
+                self._trials.pop(trial_id, None)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._backend.set_study_user_attr(study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._backend.set_study_system_attr(study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._backend.get_study_id_from_name(study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._backend.get_study_name_from_id(study_id)
+
+    def get_study_directions(self, study_id: int):
+        return self._backend.get_study_directions(study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._backend.get_study_user_attrs(study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._backend.get_study_system_attrs(study_id)
+
+    def get_all_studies(self):
+        return self._backend.get_all_studies()
+
+    # ---------------------------------------------------------------- trials: written through, read here
+    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+        with self._lock:
+            ids = self._ids(study_id)
+            trial_id = self._backend.create_new_trial(study_id, template_trial)
+            self._reread(trial_id)  # its number and start time as the database set them
+            ids.append(trial_id)
+            return trial_id
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
+        with self._lock:
+            self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            self._update(trial_id, params=(param_name, distribution.to_external_repr(param_value_internal)),
+                         distributions=(param_name, distribution))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        with self._lock:
+            changed = self._backend.set_trial_state_values(trial_id, state, values)
+            self._reread(trial_id)  # state, values and the database's timestamps
+            return changed
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        with self._lock:
+            self._backend.set_trial_intermediate_value(trial_id, step, intermediate_value)
+            self._update(trial_id, intermediate_values=(step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._lock:
+            self._backend.set_trial_user_attr(trial_id, key, value)
+            self._update(trial_id, user_attrs=(key, value))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._lock:
+            self._backend.set_trial_system_attr(trial_id, key, value)
+            self._update(trial_id, system_attrs=(key, value))
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        with self._lock:
+            if trial_id not in self._trials:
+                self._reread(trial_id)
+            return copy.deepcopy(self._trials[trial_id])
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        with self._lock:
+            trials = [self._trials[i] for i in self._ids(study_id)]
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def remove_session(self) -> None:
+        self._backend.remove_session()
 
 
 _run_dir: Optional[str] = None  # where the run folder of the search being resumed is now
@@ -152,12 +370,16 @@ class StudySearch(OptunaSearch):
     """
 
     def __init__(self, *, max_t: float, time_attr: str = "epoch", run_dir: Optional[str] = None, **kwargs: Any):
+        if url_of(kwargs.get("storage")) is not None and not isinstance(kwargs["storage"], DriverStorage):
+            kwargs["storage"] = DriverStorage(kwargs["storage"])  # the driver is the study's one writer
         super().__init__(**kwargs)
         self._max_t, self._time_attr = max_t, time_attr
         self._best: dict[str, float] = {}  # trial id -> best val_psnr reported so far
         storage = kwargs.get("storage")
-        self._study_in_run = bool(run_dir and isinstance(storage, optuna.storages.RDBStorage)
-                                  and storage.url == default_storage_url(run_dir))
+        self._study_in_run = bool(run_dir and storage is not None and url_of(storage) == default_storage_url(run_dir))
+        # Only a searcher restored after an interruption can meet study trials it did not ask for
+        # (suggest); a fresh one never reads the running trials back for them.
+        self._may_have_orphans = False
 
     # ------------------------------------------------------------ pickling (tuner.pkl, searcher-state-*.pkl)
     # A database study is pickled as its URL, not as Optuna objects. Optuna's RDBStorage reconnects
@@ -168,8 +390,9 @@ class StudySearch(OptunaSearch):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        if isinstance(state.get("_storage"), optuna.storages.RDBStorage):
-            state["_storage"] = _StudyURL(state["_storage"].url)
+        url = url_of(state["_storage"]) if state.get("_storage") is not None else None
+        if url is not None:
+            state["_storage"] = _StudyURL(url)
             study = state.pop("_ot_study", None)
             state["_ot_study"] = None
             state["_ot_trial_ids"] = {k: t._trial_id for k, t in state.pop("_ot_trials", {}).items()}
@@ -180,6 +403,7 @@ class StudySearch(OptunaSearch):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_study_in_run", False)
+        self._may_have_orphans = True
         if not isinstance(self._storage, _StudyURL):
             return
         url = self._storage.url
@@ -187,7 +411,7 @@ class StudySearch(OptunaSearch):
             url = default_storage_url(_run_dir) or url
         if url != self._storage.url:
             log.info("the run folder moved: its study is now %s", url)
-        self._storage = open_storage(url)
+        self._storage = DriverStorage(open_storage(url))
         trial_ids = self.__dict__.pop("_ot_trial_ids", {})
         if self.__dict__.pop("_study_was_open", False):
             self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
@@ -211,7 +435,7 @@ class StudySearch(OptunaSearch):
             return {}
         # After a driver crash, the study holds trials asked after Tune's last snapshot: Tune will
         # ask for that many again. Hand those out first, so the study gains no duplicates.
-        if trial_id not in self._ot_trials and self._ot_study is not None:
+        if trial_id not in self._ot_trials and self._ot_study is not None and self._may_have_orphans:
             orphan = self._orphan()
             if orphan is not None:
                 log.info("resuming: trial %s takes over study trial #%d, asked before the interruption",
@@ -225,10 +449,13 @@ class StudySearch(OptunaSearch):
         return optuna.trial.Trial(self._ot_study, orphan._trial_id) if orphan else self._ot_study.ask()
 
     def _orphan(self) -> Optional[optuna.trial.FrozenTrial]:
+        if not self._may_have_orphans:
+            return None
         known = {t._trial_id for t in self._ot_trials.values()}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t._trial_id not in known and set(t.params) == set(self._space):
                 return t
+        self._may_have_orphans = False  # all taken over: every trial asked from now on is this searcher's
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
