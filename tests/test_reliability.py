@@ -398,13 +398,12 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     # The study's view, in the copied folder's database: num_samples trials, COMPLETE or PRUNED.
     study = _study_trials(run)
     assert len(study) == n and all(t.state in ended for t in study), [t.state for t in study]
-    # The warm start ran to max_epochs. The study has its epochs but those that a resume skipped:
-    # a checkpoint the worker wrote before the kill, whose result the driver never received, is
-    # continued from without being reported again (at most one per kill and trial).
+    # The warm start ran to max_epochs, every epoch once in the study: an epoch whose result the
+    # killed driver never received was told to the study from its checkpoint by the resume.
     warm = study[0]
     assert warm.params == {"lr": 0.02, "latent_dim": 16} and warm.state == optuna.trial.TrialState.COMPLETE
-    steps = sorted(warm.intermediate_values)
-    assert steps[-1] == max_epochs and set(steps) <= set(range(1, max_epochs + 1)) and len(steps) >= max_epochs - 4
+    assert sorted(warm.intermediate_values) == list(range(1, max_epochs + 1))
+    assert all(t.user_attrs["ray_trial_id"] in final for t in study)  # each names its Ray trial
     # The export is the best val_psnr any trial reached (each keeps its best checkpoints on disk).
     best_seen = max(v for t in study for v in t.intermediate_values.values())
     assert best[METRIC] == pytest.approx(best_seen, abs=1e-4) and best["trial_id"] in final

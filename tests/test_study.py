@@ -210,7 +210,8 @@ def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
     path = _tiny_variant(tmp_path, {"num_samples": 4, "max_epochs": 1000, "grace_period": 1000, "time_budget_s": 15},
                          name="timed")
     result = tuner.tune(load_spec(path), storage=str(tmp_path / "runs"), report=False, verbose=0)
-    curves = [_epochs(r) for r in result.results if r.metrics_dataframe is not None]
+    # A trial that started just before the budget ran out has no epoch: that is not a curve.
+    curves = [_epochs(r) for r in result.results if r.metrics_dataframe is not None and "epoch" in r.metrics_dataframe]
     assert curves and all(0 < len(c) < 1000 for c in curves)
     study = _study(Path(result.run_dir), "timed")
     assert {t.state for t in study.trials} <= {TrialState.PRUNED, TrialState.WAITING}, \
@@ -338,12 +339,7 @@ def test_a_search_on_a_postgresql_server_resumes_reports_and_serves(postgres_url
     assert "resuming search pg_e2e" in resumed.stderr
     final = study()
     assert len(final.trials) == 2, [(t.number, t.state) for t in final.trials]  # no duplicate of the killed one
-    # Every trial ran to its last epoch. A resume continues from the newest checkpoint on storage;
-    # an epoch whose checkpoint the worker wrote but whose result the killed driver never got is
-    # not reported again (tuner/resume.py), so the study may miss that one step.
-    for t in final.trials:
-        steps = sorted(t.intermediate_values)
-        assert t.state == TrialState.COMPLETE and steps[-1] == 3 and set(steps) <= {1, 2, 3} and len(steps) >= 2, t
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in final.trials)
     assert final.metric_names == [METRIC] and final.user_attrs["run_dir"] == str(run)
     assert final.best_value == pytest.approx(max(max(t.intermediate_values.values()) for t in final.trials))
     assert (run / "best" / "model.pt").exists()

@@ -44,11 +44,14 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
-def repair(run_dir: str) -> list[str]:
+def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[str] = None) -> list[str]:
     """Make the newest experiment snapshot in ``run_dir`` agree with the trial folders.
 
     Args:
         run_dir: the run folder (a local path or a URI), wherever it is now.
+        study_url, study_name: the run's study. A trial continues from a checkpoint whose result the
+            killed driver may never have received; its value is then written into the study's
+            trial as that epoch's intermediate value, so that the study misses no epoch.
 
     Returns:
         One line per trial that was repaired (also logged); empty when the snapshot agreed.
@@ -67,11 +70,14 @@ def repair(run_dir: str) -> list[str]:
     if moved:
         log.info("%s", moved)
         said.append(moved)
+    recovered: dict[str, list[dict[str, Any]]] = {}  # trial id -> metrics of its complete checkpoints
     for entry in state["trial_data"]:
-        line = _repair_trial(entry, fs, run_path)
+        line = _repair_trial(entry, fs, run_path, recovered)
         if line:
             log.warning("%s", line)
             said.append(line)
+    if recovered and study_url and study_name:
+        _tell_study(study_url, study_name, recovered)
     if len(said) > bool(moved):
         _replace(fs, newest, json.dumps(state, indent=2).encode())
     return said
@@ -125,8 +131,29 @@ def _relocate_search_state(fs, run_path: str) -> Optional[str]:
     return f"the run folder moved from {was}: new trials go to {run_path}"
 
 
-def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
-    """Repair one ``[trial_json, run_metadata_json]`` pair of a snapshot in place; the line to log."""
+def _tell_study(url: str, name: str, recovered: dict[str, list[dict[str, Any]]]) -> None:
+    """Write the epochs of the repaired trials' checkpoints that their study trials lack."""
+    from tuner.study import RAY_TRIAL_ID, open_storage
+    from tuner.train import METRIC
+
+    storage = open_storage(url)
+    trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    by_ray_id = {t.user_attrs.get(RAY_TRIAL_ID): t for t in trials if not t.state.is_finished()}
+    for trial_id, checkpoints in recovered.items():
+        study_trial = by_ray_id.get(trial_id)
+        if study_trial is None:
+            continue
+        for metrics in checkpoints:
+            step, value = metrics.get("training_iteration"), metrics.get(METRIC)
+            if isinstance(step, int) and isinstance(value, (int, float)) and step not in study_trial.intermediate_values:
+                storage.set_trial_intermediate_value(study_trial._trial_id, step, float(value))
+                log.info("trial %s: epoch %d's %s (%.4f), from its checkpoint, told to the study",
+                         trial_id, step, METRIC, value)
+
+
+def _repair_trial(entry: list, fs, run_path: str, recovered: dict[str, list[dict[str, Any]]]) -> Optional[str]:
+    """Repair one ``[trial_json, run_metadata_json]`` pair of a snapshot in place; the line to log.
+    The metrics of the trial's complete checkpoints go into ``recovered``."""
     from ray.train import Checkpoint
     from ray.train._internal.checkpoint_manager import _CheckpointManager, _insert_into_sorted_list
     from ray.train._internal.session import _TrainingResult
@@ -177,6 +204,7 @@ def _repair_trial(entry: list, fs, run_path: str) -> Optional[str]:
             _delete_fs_path(fs, f"{folder}/{r.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}")
     meta.checkpoint_manager = fresh
     trial_id = trial["trial_id"]
+    recovered[trial_id] = [r.metrics for r in results]
     half = f"; removed {len(partial)} half-written checkpoint(s)" if partial else ""
     if results:
         newest = complete[-1]

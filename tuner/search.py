@@ -175,7 +175,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     )
     if resume:
         log.info("resuming search %s from %s", spec.name, run_dir)
-        repair_snapshot(run_dir)  # Ray's last snapshot may name checkpoints deleted since (tuner.resume)
+        # Ray's last snapshot may name checkpoints deleted since (tuner.resume)
+        repair_snapshot(run_dir, study.storage_url(spec, run_dir), spec.name)
         with study.resuming_in(run_dir):  # the searcher's study moves with the run folder
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -351,6 +351,9 @@ def resuming_in(run_dir: str) -> Iterator[None]:
         _run_dir = before
 
 
+RAY_TRIAL_ID = "ray_trial_id"  # the user attribute of a study trial that names its Ray trial
+
+
 class _StudyURL:
     """A pickled :class:`StudySearch`'s database, by URL."""
 
@@ -432,6 +435,7 @@ class StudySearch(OptunaSearch):
             # is still a study trial, told its outcome like any other. OptunaSearch refuses here.
             if trial_id not in self._ot_trials:
                 self._ot_trials[trial_id] = self._orphan_or_ask()
+                self._link(trial_id)
             return {}
         # After a driver crash, the study holds trials asked after Tune's last snapshot: Tune will
         # ask for that many again. Hand those out first, so the study gains no duplicates.
@@ -441,8 +445,17 @@ class StudySearch(OptunaSearch):
                 log.info("resuming: trial %s takes over study trial #%d, asked before the interruption",
                          trial_id, orphan.number)
                 self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
+                self._link(trial_id)
                 return unflatten_dict(orphan.params)
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._link(trial_id)
+        return config
+
+    def _link(self, trial_id: str) -> None:
+        """Name the Ray trial in its study trial (user attribute ``ray_trial_id``): its folder is
+        ``trial_<id>``, and a resume finds the study trial of a Ray trial by it (tuner.resume)."""
+        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
 
     def _orphan_or_ask(self) -> optuna.trial.Trial:
         orphan = self._orphan()
