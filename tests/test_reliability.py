@@ -39,22 +39,6 @@ from tuner.spec import load_spec
 from tuner.storage import STUDY_FILE
 from tuner.train import DIVERGED_PSNR, METRIC
 
-RESUME_SPEC = """\
-# Trials of ~10 epochs of ~1 s each; ASHA's grace period is the whole budget, so no trial is
-# stopped early and every trial's epoch sequence is predictable. keep_checkpoints 1: Ray saves its
-# experiment state every num_to_keep trial checkpoints, so it records each epoch's checkpoint.
-name: resume
-seed: 0
-dataset: {name: digits}
-eval_noise: {kind: gaussian, level: 0.3}
-budget: {num_samples: 4, max_epochs: 10, grace_period: 10, max_concurrent: 2, keep_checkpoints: 1}
-resources: {cpus_per_trial: 1}
-fixed: {width: 16, depth: 2, batch_size: 64, skip: true}
-search:
-  lr: {loguniform: [1.0e-3, 1.0e-2]}
-  latent_dim: {choice: [8, 16]}
-"""
-
 # sgd with lr 100 on a net without batch norm reaches a NaN loss in its first epoch on digits
 # (checked: tuner.train.fit reports diverged=1, val_psnr 0.0); 0.05 and 0.2 train fine. With seed
 # 2 the TPE sampler's random start-up draws lr 100 for one of the four trials.
@@ -424,7 +408,7 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
 
 def test_resume_of_an_unknown_run_is_one_line(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(RESUME_SPEC)
+    spec.write_text(KILL_SPEC)
     assert main(["tune", str(spec), "--name", "never-ran", "--storage", str(tmp_path / "runs"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tuner: error: ") and err.count("\n") == 1, err
