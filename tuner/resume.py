@@ -181,13 +181,12 @@ def _repair_trial(entry: list, fs, run_path: str, recovered: dict[str, list[dict
     metrics = {n: _checkpoint_metrics(fs, f"{folder}/{n}", rows.get(n)) for n in on_disk}
     complete = [n for n in on_disk if metrics[n] is not None]
     partial = [n for n in on_disk if metrics[n] is None]
-    rows = {n: metrics[n] for n in complete}
 
     for name in partial:
         _delete_fs_path(fs, f"{folder}/{name}")
     fresh = _CheckpointManager(manager.checkpoint_config if manager else None)
     results = [_TrainingResult(checkpoint=Checkpoint(path=f"{storage.trial_fs_path}/{n}", filesystem=fs),
-                               metrics=rows[n]) for n in complete]
+                               metrics=metrics[n]) for n in complete]
     for result in results:  # kept in Ray's own order (worst first); Ray prunes them at its next checkpoint
         if manager and manager.checkpoint_config.checkpoint_score_attribute:
             _insert_into_sorted_list(fresh._checkpoint_results, result, key=fresh._get_checkpoint_score)
@@ -208,11 +207,11 @@ def _repair_trial(entry: list, fs, run_path: str, recovered: dict[str, list[dict
     half = f"; removed {len(partial)} half-written checkpoint(s)" if partial else ""
     if results:
         newest = complete[-1]
-        meta.last_result = rows[newest]
+        meta.last_result = metrics[newest]
         storage.current_checkpoint_index = int(newest.removeprefix(CHECKPOINT_PREFIX))
         was = f"named {named}, which is gone" if named and named not in complete else f"named {named}"
         line = (f"trial {trial_id}: Ray's last snapshot {was}; it resumes from its newest checkpoint "
-                f"on storage, {newest} (iteration {rows[newest].get('training_iteration')}){half}")
+                f"on storage, {newest} (iteration {metrics[newest].get('training_iteration')}){half}")
     else:
         meta.last_result = {}
         line = f"trial {trial_id}: no checkpoint of it is left on storage; it restarts from scratch{half}"
