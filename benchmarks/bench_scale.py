@@ -96,6 +96,40 @@ counts, not timings), and what issue 22 changed at the cause:
   check runs only in a searcher restored after an interruption.
 - What is left per suggestion: the writes themselves (one transaction per parameter, in Optuna's
   `Trial._suggest`), and TPE's own work, which grows with the number of trials.
+
+What the measurement above says (2026-12-01, all arms in one run on a quiet machine):
+
+- **On 2 physical cores no searcher meets the 1.3x bar, Ray's own included.** Ray's random search
+  + FIFO took 3.61x the theoretical minimum: 16 logical CPUs of sleeping trials still pay the
+  controller's, the actors' and the loggers' CPU, and the driver alone used 142 of its 226 s.
+  (An earlier run of the same arm took 544 s; this run's five arms ran back to back, alone.)
+- **tuner's path is 1.50x Ray's baseline (target 1.15x), and the time goes to the driver's one
+  thread.** The SQLite arm's driver used 234 CPU seconds against the baseline's 142: about 92 ms
+  more per trial, of which the searcher replay accounts for 64 ms (the rest is ASHA, the
+  concurrency limiter, and the Ray arm's contention). Per suggestion at trial 1,000, the profile
+  says: TPE's own work 53 ms (building the two Parzen estimators, 28 ms, of which 25 turn the
+  trials' parameters into arrays in Python; the good / bad split, 9 ms: all linear in the number
+  of trials), the
+  13 parameter writes 37 ms on SQLite (8.5 on the journal file, 82 on PostgreSQL), and the
+  study's trials handed to TPE 1 ms (tuner's `DriverStorage`; they were most of the cost before
+  it). Ray's stock `OptunaSearch`, in memory, spends the same 43 ms in TPE and nothing in writes;
+  it ran slower than tuner's SQLite arm in this run (417 s), which shows how much two cores shared
+  with 16 actors move these wall times.
+- **The 50 ms p99 at trial 1,000 is out of reach of Optuna's TPE itself on this CPU.** Alone in
+  the replay (no Ray, nothing else on the cores), the stock in-memory searcher's suggestion p99 at
+  trial 1,000 is 65 ms, tuner's 191 ms on SQLite and 156 ms on the journal file. In the Ray arms
+  the driver shares two cores with 16 trial actors, and p99 doubles again (410 ms). The driver's
+  full garbage collections (2-3 per search, up to 1.1 s each) fall inside a suggestion now and
+  then: the longest suggestions are those.
+- **Memory is met.** Driver RSS grows 40 KB per finished trial on SQLite and the journal file,
+  61 KB on PostgreSQL (target 100); Ray's own JSON copies of each trial's state are 17 KB of it.
+- **The default storage stays one SQLite file per run** (`<run>/study.db`, write-ahead log):
+  its wall time here equals the journal file's (338 against 355 s; the journal's driver used less
+  CPU, 201 against 234 s, but fsyncs every append), one file that `optuna-dashboard` and `sqlite3`
+  read, and it resumes with the run folder. PostgreSQL costs 1.8x SQLite's wall time at 1,000
+  one-second trials (a server on the same two cores, a network round trip per write); it is what
+  a team or a cluster needs, where several machines write or read one study, and the cost per
+  trial is small against trials that train for minutes.
 """
 
 
@@ -123,6 +157,15 @@ def sleeper(config: dict[str, Any], seconds: float, results: int) -> None:
 # ---------------------------------------------------------------- probes (driver side)
 
 SUGGEST: list[float] = []  # seconds of each suggestion that returned a config, in order
+GC_PAUSES: list[float] = []  # seconds of each full (generation-2) garbage collection in the driver
+
+
+def _gc_probe(phase: str, info: dict, _start: list = [0.0]) -> None:  # noqa: B006 (the start time, kept)
+    if info.get("generation") == 2:
+        if phase == "start":
+            _start[0] = time.perf_counter()
+        else:
+            GC_PAUSES.append(time.perf_counter() - _start[0])
 
 
 def timed(cls: type) -> type:
@@ -154,11 +197,20 @@ def make_probe():
     class Probe(Callback):
         def __init__(self):
             self.rows: list[tuple[int, float, int, float]] = []
+            self.json_kb = float("nan")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.rows.append((len(self.rows) + 1, time.perf_counter(), _rss(), time.process_time()))
 
         on_trial_error = on_trial_complete
+
+        def on_experiment_end(self, trials, **info):
+            # What Ray itself keeps per finished trial for its experiment snapshots: each Trial caches
+            # its state as indented JSON (its config and resources cloudpickled, in hex), and its run
+            # metadata (last result, per-metric statistics, checkpoints) as another JSON string.
+            sizes = [len(getattr(t, "_state_json", None) or "") + len(getattr(t.run_metadata, "_cached_json", None) or "")
+                     for t in trials]
+            self.json_kb = sum(sizes) / max(1, len(sizes)) / 1024
 
     return Probe()
 
@@ -201,7 +253,10 @@ def run_arm(arm: str, spec: ExperimentSpec, storage: Path, cpus: int, trial_seco
     import ray
     from ray import tune
 
+    import gc
+
     SUGGEST.clear()
+    GC_PAUSES.clear()
     run_dir = str(storage / spec.name)
     alg, scheduler = search_alg(arm, spec, run_dir)
     os.environ.setdefault("RAY_enable_metrics_collection", "0")  # as tuner.search._init_ray
@@ -215,7 +270,11 @@ def run_arm(arm: str, spec: ExperimentSpec, storage: Path, cpus: int, trial_seco
         tuner = make_tuner(spec, trainable, storage=str(storage), search_alg=alg, scheduler=scheduler,
                            num_samples=spec.budget.num_samples, verbose=1, callbacks=[probe])
         rss0, cpu0, t0 = _rss(), time.process_time(), time.perf_counter()
-        results = tuner.fit()
+        gc.callbacks.append(_gc_probe)
+        try:
+            results = tuner.fit()
+        finally:
+            gc.callbacks.remove(_gc_probe)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         ray.shutdown()
@@ -230,6 +289,7 @@ def run_arm(arm: str, spec: ExperimentSpec, storage: Path, cpus: int, trial_seco
     return {"arm": arm, "steady_ratio": steady, "first_finish": rows[0][1] - t0 if rows else float("nan"), "trials": n, "errors": sum(r.error is not None for r in results), "results_run": ran,
             "wall": wall, "ideal": ideal, "ratio": wall / ideal, "driver_cpu": cpu, "rss_start": rss0,
             "rss_end": _rss(), "rss_kb_per_trial": rss_slope(rows) / 1024, "suggest": list(SUGGEST),
+            "gc_full": list(GC_PAUSES), "ray_json_kb_per_trial": probe.json_kb,
             "finished": [(k, t - t0, rss) for k, t, rss, _ in rows[:: max(1, len(rows) // 200)]]}
 
 
@@ -254,13 +314,19 @@ def latency_at(times: list[float], n: int) -> Optional[tuple[float, float]]:
 
 # ---------------------------------------------------------------- part searcher (no Ray)
 
-def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float) -> dict:
+def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float,
+           profile_last: int = 0) -> dict:
     """Tune's calls to the arm's searcher, in this process: ``max_concurrent`` trials in flight on a
     virtual clock, a result per step, each trial told at its end; every call timed.
 
+    Args:
+        profile_last: profile (cProfile) the suggestions of the last this many trials.
+
     Returns:
-        Per trial (in suggestion order) the seconds of its suggest, its results and its completion.
+        Per trial (in suggestion order) the seconds of its suggest, its results and its completion;
+        with ``profile_last``, where those suggestions spent their time (:func:`profile_rows`).
     """
+    import cProfile
     from ray.tune.search.optuna import OptunaSearch
 
     if arm == "stock_optuna":
@@ -273,11 +339,19 @@ def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float) -
     step, n, cost = trial_seconds / b.max_epochs, b.num_samples, []
     events: list[tuple[float, int, int]] = []  # (virtual time, trial, epoch)
     base: dict[int, float] = {}
+    profiler, profiled = cProfile.Profile(), 0
 
     def start(i: int, now: float) -> None:
+        nonlocal profiled
+        on = i >= n - profile_last
+        if on:
+            profiler.enable()
         t = time.perf_counter()
         config = searcher.suggest(f"t{i}")
         cost.append([time.perf_counter() - t, 0.0, 0.0])
+        if on:
+            profiler.disable()
+            profiled += 1
         base[i] = 15.0 + 10.0 * random.Random(json.dumps(config, sort_keys=True, default=str)).random()
         heapq.heappush(events, (now + step, i, 1))
 
@@ -298,7 +372,39 @@ def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float) -
         if nxt < n:
             start(nxt, now)
             nxt += 1
-    return {"arm": arm, "cost": cost}
+    out = {"arm": arm, "cost": cost}
+    if profiled:
+        out["profile"] = {"suggestions": profiled, "from_trial": n - profile_last, "rows": profile_rows(profiler, profiled)}
+    return out
+
+
+PROFILED = {  # what a suggestion is made of: function (module suffix, name) -> the report's words
+    ("optuna/samplers/_tpe/sampler.py", "sample_relative"): "TPE, all of it (`TPESampler.sample_relative`)",
+    ("optuna/samplers/_tpe/sampler.py", "_get_internal_repr"): "TPE: the trials' parameters as arrays",
+    ("optuna/samplers/_tpe/sampler.py", "_build_parzen_estimator"): "TPE: the two Parzen estimators",
+    ("optuna/samplers/_tpe/sampler.py", "_split_trials"): "TPE: good / bad split of the trials",
+    ("optuna/search_space/intersection.py", "calculate"): "the search space of the trials so far",
+    ("optuna/study/study.py", "ask"): "`Study.ask`: a new trial, its parameters sampled and written",
+    ("optuna/trial/_trial.py", "relative_params"): "of which TPE's joint sample and the search space (`Trial.relative_params`)",
+    ("optuna/trial/_trial.py", "_suggest"): "of which `Trial._suggest` (a parameter each, checked and written)",
+    ("tuner/study.py", "set_trial_param"): "of which the database writes of the parameters",
+    ("tuner/study.py", "get_all_trials"): "the study's trials handed to TPE (tuner's DriverStorage)",
+    ("optuna/storages/_rdb/storage.py", "get_all_trials"): "the study's trials read from the database",
+}
+
+
+def profile_rows(profiler, suggestions: int) -> list[list]:
+    """Milliseconds per suggestion in the functions of :data:`PROFILED`, and the total."""
+    import pstats
+
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    total = sum(tt for _, _, tt, _, _ in stats.values())
+    rows = [["all of `suggest`", "", total * 1e3 / suggestions]]
+    for (suffix, name), words in PROFILED.items():
+        hits = [(nc, ct) for (f, _, fn), (_, nc, _, ct, _) in stats.items() if f.endswith(suffix) and fn == name]
+        if hits:
+            rows.append([words, sum(nc for nc, _ in hits) / suggestions, sum(ct for _, ct in hits) * 1e3 / suggestions])
+    return rows
 
 
 def fit_line(cost: list[list[float]], skip: int) -> tuple[float, float]:
@@ -356,7 +462,7 @@ def report(data: dict) -> str:
         base = runs.get("random_fifo")
         head = ["arm", "trials (errors)", "wall s", "theoretical s", "wall / theoretical", "/ random+FIFO's",
                 "steady state: ideal rate / measured", "first trial done s", "driver CPU s (per trial ms)",
-                "RSS growth KB / trial"]
+                "RSS growth KB / trial", "of which Ray's cached JSON KB / trial"]
         rows = []
         for arm, r in runs.items():
             vs = r["ratio"] / base["ratio"] if base else None
@@ -364,16 +470,19 @@ def report(data: dict) -> str:
                          f"{r['ideal']:.1f}", f"**{r['ratio']:.2f}**", _fmt(vs, ".2f"),
                          _fmt(r["steady_ratio"], ".2f"), _fmt(r["first_finish"], ".1f"),
                          f"{r['driver_cpu']:.1f} ({1e3 * r['driver_cpu'] / r['trials']:.1f})",
-                         _fmt(r["rss_kb_per_trial"], ".0f")])
+                         _fmt(r["rss_kb_per_trial"], ".0f"), _fmt(r.get("ray_json_kb_per_trial"), ".0f")])
         parts += ["Part `ray`: the search through tuner's path, each arm in a fresh Ray.", "",
                   table(head, rows), ""]
-        lat_head = ["arm"] + [f"suggest p50 / p99 ms at trial {n}" for n in AT if n <= cfg["trials"]]
+        lat_head = (["arm"] + [f"suggest p50 / p99 ms at trial {n}" for n in AT if n <= cfg["trials"]]
+                    + ["driver's full garbage collections: count, longest ms, total s"])
         lat_rows = []
         for arm, r in runs.items():
             if not r["suggest"]:
                 continue
+            g = r.get("gc_full") or []
             lat_rows.append([f"`{arm}`"] + ["{:.1f} / {:.1f}".format(*v) if (v := latency_at(r["suggest"], n))
-                                            else "-" for n in AT if n <= cfg["trials"]])
+                                            else "-" for n in AT if n <= cfg["trials"]]
+                            + [f"{len(g)}, {1e3 * max(g, default=0):.0f}, {sum(g):.1f}" if "gc_full" in r else "-"])
         if lat_rows:
             parts += ["TPE suggestion latency (the searcher's `suggest` in the driver; window: the last fifth "
                       "of the trials up to that number, at least 10):", "", table(lat_head, lat_rows), ""]
@@ -392,6 +501,19 @@ def report(data: dict) -> str:
         parts += [f"Part `searcher`: Tune's calls to each searcher replayed in one process without Ray "
                   f"({cfg['replay_trials']} trials, {cfg['cpus']} in flight, {cfg['results']} results each); "
                   f"per trial: its suggest, its results and its completion.", "", table(head, rows), ""]
+        lat_rows = [[f"`{arm}`"] + ["{:.1f} / {:.1f}".format(*v) if (v := latency_at([c[0] for c in rep["cost"]], n))
+                                    else "-" for n in AT if n <= cfg["replay_trials"]] for arm, rep in replays.items()]
+        parts += ["The same suggestions' latency in the replay, alone on the machine (no Ray, no trials "
+                  "competing for the cores): p50 / p99 ms.", "",
+                  table(["arm"] + [f"at trial {n}" for n in AT if n <= cfg["replay_trials"]], lat_rows), ""]
+        for arm, rep in replays.items():
+            prof = rep.get("profile")
+            if prof:
+                parts += [f"Where `{arm}`'s suggestions spend their time (cProfile over the suggestions of trials "
+                          f"{prof['from_trial']:,}-{cfg['replay_trials']:,} in the replay; ms per suggestion, "
+                          "including what each function calls, so rows overlap):", "",
+                          table(["function", "calls per suggestion", "ms per suggestion"],
+                                [[w, _fmt(c, ".1f") if c != "" else "", f"{ms:.1f}"] for w, c, ms in prof["rows"]]), ""]
         head = ["arm", "predicted wall s (theoretical)", "wall / theoretical", "driver-bound from trial",
                 "RSS growth MB"]
         rows = [[f"`{arm}`", f"{e['wall']:.0f} ({e['ideal']:.0f})", f"{e['ratio']:.2f}",
@@ -443,6 +565,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run (default all)")
     parser.add_argument("--postgres", metavar="URL", help="the PostgreSQL arm's server (default: a private one "
                         "started here with tests/pgserver.py, fsync on)")
+    parser.add_argument("--profile", type=int, default=100, metavar="N",
+                        help="part searcher: profile the suggestions of the last N trials (default 100; 0: none)")
     parser.add_argument("--smoke", action="store_true", help="30 trials of 0.2 s on 4 CPUs: a check that it runs")
     parser.add_argument("--save", type=Path, default=OUT, help=f"the measurements as JSON (default {OUT.relative_to(REPO)})")
     parser.add_argument("--from-saved", type=Path, help="report on a saved JSON without measuring")
@@ -491,7 +615,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     spec = spec_for(arm, cfg["replay_trials"], folder)
                     spec = spec.with_overrides(name=f"replay_{arm}")
                     t = time.perf_counter()
-                    data["replays"][arm] = replay(arm, spec, str(folder / spec.name), args.trial_seconds)
+                    data["replays"][arm] = replay(arm, spec, str(folder / spec.name), args.trial_seconds,
+                                                  profile_last=min(args.profile, cfg["replay_trials"] // 2))
                     print(f"replay {arm}: {cfg['replay_trials']} trials in {time.perf_counter() - t:.1f} s", flush=True)
                 cfg["startup"] = make_sampler(spec)._n_startup_trials
             if "ray" in args.parts:
