@@ -250,10 +250,10 @@ def search_alg(arm: str, spec: ExperimentSpec, run_dir: str):
 
 def run_arm(arm: str, spec: ExperimentSpec, storage: Path, cpus: int, trial_seconds: float) -> dict:
     """One search in a fresh Ray of ``cpus`` logical CPUs; returns its measurements."""
+    import gc
+
     import ray
     from ray import tune
-
-    import gc
 
     SUGGEST.clear()
     GC_PAUSES.clear()
@@ -327,6 +327,7 @@ def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float,
         with ``profile_last``, where those suggestions spent their time (:func:`profile_rows`).
     """
     import cProfile
+
     from ray.tune.search.optuna import OptunaSearch
 
     if arm == "stock_optuna":
