@@ -462,6 +462,7 @@ def render() -> str:
     if "asha" in saved:
         a = saved["asha"]
         rungs = sorted({float(k) for t in a["trials"] for k in t["rungs"]})
+
         def cell(r: Optional[dict]) -> str:
             return f"{r['epoch']} ep ({r['train_seconds']:.0f} s), {r['val_psnr']:.2f}" if r else "-"
 

@@ -109,10 +109,10 @@ What the measurement above says (2026-12-01, all arms in one run on a quiet mach
   concurrency limiter, and the Ray arm's contention). Per suggestion at trial 1,000, the profile
   says: TPE's own work 53 ms (building the two Parzen estimators, 28 ms, of which 25 turn the
   trials' parameters into arrays in Python; the good / bad split, 9 ms: all linear in the number
-  of trials), the
-  13 parameter writes 37 ms on SQLite (8.5 on the journal file, 82 on PostgreSQL), and the
-  study's trials handed to TPE 1 ms (tuner's `DriverStorage`; they were most of the cost before
-  it). Ray's stock `OptunaSearch`, in memory, spends the same 43 ms in TPE and nothing in writes;
+  of trials), the 13 parameter writes 37 ms on SQLite (8.5 on the journal file, 82 on
+  PostgreSQL), and the study's trials handed to TPE 1 ms (tuner's `DriverStorage`; they were
+  most of the cost before it). Ray's stock `OptunaSearch`, in memory, spends 43 ms in TPE and
+  nothing in writes;
   it ran slower than tuner's SQLite arm in this run (417 s), which shows how much two cores shared
   with 16 actors move these wall times.
 - **The 50 ms p99 at trial 1,000 is out of reach of Optuna's TPE itself on this CPU.** Alone in
