@@ -119,8 +119,9 @@ What the measurement above says (2026-12-01, all arms in one run on a quiet mach
   the replay (no Ray, nothing else on the cores), the stock in-memory searcher's suggestion p99 at
   trial 1,000 is 65 ms, tuner's 191 ms on SQLite and 156 ms on the journal file. In the Ray arms
   the driver shares two cores with 16 trial actors, and p99 doubles again (410 ms). The driver's
-  full garbage collections (2-3 per search, up to 1.1 s each) fall inside a suggestion now and
-  then: the longest suggestions are those.
+  full garbage collections (2-4 per search, 0.3-1.1 s each) are not what sets it: the longest
+  suggestion on SQLite (469 ms) is shorter than any of that arm's collections (0.7-0.9 s), so
+  none fell inside one; they stall the whole driver, the controller with it.
 - **Memory is met.** Driver RSS grows 40 KB per finished trial on SQLite and the journal file,
   61 KB on PostgreSQL (target 100); Ray's own JSON copies of each trial's state are 17 KB of it.
 - **The default storage stays one SQLite file per run** (`<run>/study.db`, write-ahead log):
