@@ -179,6 +179,23 @@ def _rungs(df, spec: ExperimentSpec) -> dict[str, dict]:
     return rungs
 
 
+def _trials(results, spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """Each trial of a search that reported: its hyperparameters, how far and how fast it trained,
+    its best ``val_psnr`` and where it stood at ASHA's rungs."""
+    trials = []
+    for r in results:
+        df = r.metrics_dataframe
+        if df is None or df.empty:
+            continue
+        cfg = r.config
+        trials.append({"width": cfg["width"], "latent_dim": cfg.get("latent_dim"), "batch_norm": cfg.get("batch_norm"),
+                       "lr": cfg["lr"], "loss": cfg["loss"], "epochs": int(df["epoch"].max()),
+                       "train_seconds": float(df["train_seconds"].max()),
+                       "patches_per_s": float(df["images_per_second"].median()),
+                       "best_val": float(df["val_psnr"].max()), "rungs": _rungs(df, spec)})
+    return trials
+
+
 def run_search(sigma: float, data: Path, color: bool, storage: Path) -> None:
     import tuner
     from tuner.denoise import load_model
@@ -200,18 +217,7 @@ def run_search(sigma: float, data: Path, color: bool, storage: Path) -> None:
         whole = score(model, images, noise, seed, tiled=False)
         sets[name] = {**tiled, "whole_psnr": whole["psnr"]}
         print(f"search sigma {sigma:g} {name}: {tiled['psnr']:.2f} dB (whole {whole['psnr']:.2f})", flush=True)
-    trials = []
-    for r in result.results:
-        df = r.metrics_dataframe
-        if df is None or df.empty:
-            continue
-        rungs = _rungs(df, spec)
-        cfg = r.config
-        trials.append({"width": cfg["width"], "latent_dim": cfg.get("latent_dim"), "batch_norm": cfg.get("batch_norm"),
-                       "lr": cfg["lr"], "loss": cfg["loss"], "epochs": int(df["epoch"].max()),
-                       "train_seconds": float(df["train_seconds"].max()),
-                       "patches_per_s": float(df["images_per_second"].median()),
-                       "best_val": float(df["val_psnr"].max()), "rungs": rungs})
+    trials = _trials(result.results, spec)
     out = {"sigma": sigma, "color": color, "wall_seconds": wall, "best_config": result.best_config,
            "metrics": result.metrics, "sets": sets, "curve": _curve(result.results, start), "trials": trials}
     _save(f"search_{'c' if color else ''}s{sigma:g}", out)
@@ -237,17 +243,10 @@ def run_asha(data: Path, storage: Path) -> None:
         sys.exit(f"{storage / spec.name} exists: remove it to run this part again")
     start = time.time()
     result = tuner.tune(spec, storage=str(storage), report=False, verbose=1)
-    trials = []
-    for r in result.results:
-        df = r.metrics_dataframe
-        if df is None or df.empty:
-            continue
-        trials.append({"width": r.config["width"], "lr": r.config["lr"], "epochs": int(df["epoch"].max()),
-                       "train_seconds": float(df["train_seconds"].max()),
-                       "patches_per_s": float(df["images_per_second"].median()),
-                       "stopped_early": float(df["train_seconds"].max()) < spec.budget.max_t * 0.97,
-                       "rungs": _rungs(df, spec)})
-        print(trials[-1], flush=True)
+    trials = _trials(result.results, spec)
+    for t in trials:
+        t["stopped_early"] = t["train_seconds"] < spec.budget.max_t * 0.97
+        print(t, flush=True)
     _save("asha", {"wall_seconds": time.time() - start, "grace_period": spec.budget.grace_period,
                    "reduction_factor": spec.budget.reduction_factor, "max_t": spec.budget.max_t,
                    "patches_per_epoch": spec.dataset.patches_per_epoch, "trials": trials})
