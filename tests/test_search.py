@@ -163,7 +163,8 @@ def test_quickstart_spec_is_valid():
     assert spec.start_from and spec.start_from[0]["convs_per_stage"] == 2
 
 
-@pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist5k_wide", "mnist", "fashion_mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["tiny", "quickstart", "mnist5k_wide", "mnist", "fashion_mnist", "cifar10",
+                                  "photos", "bsd68", "cbsd68"])
 def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name
