@@ -11,7 +11,8 @@ different times; ``--write`` renders the doc section from everything saved):
 
 - ``search``: ``tuner tune search_spaces/bsd68.yaml`` (``cbsd68.yaml`` with ``--color``; the spec
   as shipped; 30 minutes of wall time by its ``budget.time_budget_s``) at the given sigma, the best
-  model then scored on Set12 and BSD68 (CBSD68) (tiled as ``tuner denoise`` does, and whole, to check that tiling costs < 0.01 dB).
+  model then scored on Set12 and BSD68, or CBSD68 (tiled as ``tuner denoise`` does, and whole, to
+  check that tiling costs < 0.01 dB).
 - ``recipes``: the issue's hand-picked recipes, each trained alone by ``tuner.fit`` for the
   search's wall time (a 3-level U-Net, two 3x3 conv + BN + ReLU per level, residual in pixel
   space, AdamW with warm-up and cosine decay over the budget, batch 16 of 64x64 crops with
@@ -31,7 +32,7 @@ different times; ``--write`` renders the doc section from everything saved):
     python benchmarks/bench_natural.py --parts bm3d search --sigma 25       # ~35 min on 2 cores
     python benchmarks/bench_natural.py --parts recipes --sigma 25           # 2 x 30 min
     python benchmarks/bench_natural.py --parts asha                         # ~10 min
-    python benchmarks/bench_natural.py --parts bn                           # ~28 min
+    python benchmarks/bench_natural.py --parts bn                           # ~27 min
     python benchmarks/bench_natural.py --write                              # the doc section
 """
 from __future__ import annotations
@@ -263,7 +264,7 @@ BN_MODELS = {  # the same U-Net with batch norm (at the old warm start's lr) and
 
 def run_bn(data: Path, seconds: float = 300) -> None:
     """Batch norm or not: each model of BN_MODELS trained alone by ``tuner.fit`` for ``seconds``
-    (cosine over them) at sigma 25, its ``val_psnr`` after every epoch (about 25 minutes)."""
+    (cosine over them) at sigma 25, its ``val_psnr`` after every epoch (about 27 minutes)."""
     out: dict[str, Any] = {"seconds": seconds}
     for kind, models in BN_MODELS.items():
         spec = spec_at(25, data, color=kind == "color")
