@@ -201,7 +201,7 @@ def test_a_seconds_budget_stops_training_and_spans_the_schedule():
     assert schedule_factor("onecycle", 0.25) == pytest.approx(1.0) and schedule_factor("onecycle", 1.0) < 1e-4
 
 
-def test_photo_search_end_to_end_at_equal_training_seconds(photo_folders, tmp_path, capsys):
+def test_photo_search_end_to_end_at_equal_training_seconds(photo_folders, tmp_path, capsys, monkeypatch):
     """A real Ray Tune search (Optuna TPE, ASHA on training seconds) over separate photo folders."""
     spec_path = _spec(tmp_path, photo_folders)
     storage = tmp_path / "runs"
@@ -222,6 +222,16 @@ def test_photo_search_end_to_end_at_equal_training_seconds(photo_folders, tmp_pa
     s = load_dataset(**config["dataset"])
     test = EvalSet.make(s.test, SIGMA25, config["eval_noise"]["seed"] + 1)
     assert evaluate(model, test, quantize=True)["psnr"] == pytest.approx(metrics["test_psnr"], abs=1e-3)
+    # The report of a photo run: every figure, the noise sweep on the first test photos within its
+    # pixel budget (here 1 of the 2: flower_c is 128x128, flower_d 127x200).
+    from tuner.report import best as report_best
+
+    monkeypatch.setattr(report_best, "SWEEP_PIXELS", 128 * 128 + 1)
+    assert main(["-q", "report", str(storage / "photo-smoke")]) == 0
+    report = storage / "photo-smoke" / "report"
+    assert {"examples.png", "psnr_histogram.png", "noise_sweep.png"} <= {f.name for f in report.iterdir()}
+    assert "Mean PSNR on 1 test images" in (report / "index.html").read_text()
+    assert len(json.loads((report / "summary.json").read_text())["noise_sweep"]) == 7
 
 
 @pytest.mark.parametrize("case", ["empty", "unreadable", "too_small", "wrong_channels", "path_and_train_path"])

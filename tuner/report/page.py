@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tuner.report import figures
-from tuner.report.best import SAMPLE, BestModel, noise_sweep
+from tuner.report.best import SAMPLE, BestModel, noise_sweep, sweep_sample
 from tuner.report.figures import STYLE
 from tuner.report.run import (DIVERGED, ERRORED, STATUSES, UNFINISHED, TrialSummary, compute_saved, fanova,
                               importance_study, ranked)
@@ -126,7 +126,7 @@ def _images(best: BestModel, out: Path) -> dict:
     rows = noise_sweep(best)
     return dict(examples=figures.plot_examples(best, out), histogram=figures.plot_histogram(best, out),
                 sweep=figures.plot_noise_sweep(best, rows, out), sweep_rows=rows, n=len(best.psnr),
-                worse=int((best.psnr < best.noisy_psnr).sum()), sample=min(SAMPLE, len(best.psnr)),
+                worse=int((best.psnr < best.noisy_psnr).sum()), sample=sweep_sample(best),
                 kind=best.eval_noise.kind)
 
 
