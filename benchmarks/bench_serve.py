@@ -412,7 +412,8 @@ def serve_cells(model_dirs: dict[str, Path], reqs: dict[str, list[Request]], arg
         for replicas in args.replicas:
             for model in dict.fromkeys(WORKLOADS[w].model for w in args.workloads):
                 serve.run(app_builder({"model_dir": str(model_dirs[model]), "replicas": replicas,
-                                       "max_batch_size": args.max_batch_size}), name="bench", route_prefix="/")
+                                       "max_batch_size": args.max_batch_size, "access_log": args.access_log}),
+                          name="bench", route_prefix="/")
                 idle = idle_cpu()
                 print(f"{ingress} replicas {replicas} ({model}): idle service uses {idle:.3f} CPU-s per s", flush=True)
                 for workload in (w for w in args.workloads if WORKLOADS[w].model == model):
@@ -457,7 +458,9 @@ def report(rows: list[dict[str, Any]], floors: dict[str, dict[str, Any]], args, 
                       "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}", r["n"], len(r["errors"])])
     idle = ", ".join(dict.fromkeys(f"{r['idle']:.3f}" for r in rows))
     body += ["Services: " + "; ".join(f"*{k}*: {v}" for k, v in SERVICES.items() if k in args.services)
-             + f". Ray Serve with `--max-batch-size {args.max_batch_size}`. Each cell at most {args.requests} "
+             + f". Ray Serve with `--max-batch-size {args.max_batch_size}`"
+             + ("" if args.access_log else " and `--no-access-log` (no line per request in its log files; the "
+                "baseline writes none either)") + f". Each cell at most {args.requests} "
              f"requests or {args.seconds:g} s. *images/s* and the latencies (per request) are wall-clock; *service "
              "CPU ms / image* is the CPU time of all the service's processes per image (from /proc), less what the "
              f"idle service uses anyway ({idle} CPU-s per s, measured for 5 s before each service's cells); "
@@ -510,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="baseline: the FastAPI app; proxy: tuner serve; haproxy: tuner serve --haproxy")
     parser.add_argument("--floor-seconds", type=float, default=1.0,
                         help="least CPU seconds of each in-process timing (default 1; 0.05 for a smoke test)")
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false",
+                        help="Ray Serve without its access log (tuner serve --no-access-log), as the baseline runs")
     parser.add_argument("--write", action="store_true", help="replace this section of docs/benchmarks.md")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]

@@ -361,7 +361,8 @@ def test_serve_yaml_is_a_serve_config_for_this_app(models):
 
 @pytest.fixture(scope="module")
 def service(models):
-    """Ray started in this process, Serve on a free port: the conv model at /, the dense one at /dense."""
+    """Ray started in this process, Serve on a free port: the conv model at /, the dense one at /dense
+    (without Serve's access log, as ``tuner serve --no-access-log``)."""
     import ray
     from ray import serve
 
@@ -375,7 +376,7 @@ def service(models):
     # A 50 ms window, so the concurrent requests below reliably land in one batch on a loaded machine.
     serve.run(app_builder({"model_dir": str(models["conv"]), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
                            "max_infer_batch": 8}), name="conv", route_prefix="/")
-    serve.run(app_builder({"model_dir": str(models["dense"])}), name="dense", route_prefix="/dense")
+    serve.run(app_builder({"model_dir": str(models["dense"]), "access_log": False}), name="dense", route_prefix="/dense")
     started = {p: s for p, s in _descendants(os.getpid()).items() if p not in before}
 
     def stop() -> list[int]:
@@ -422,6 +423,26 @@ def test_model_and_healthz(service, models):
     assert info["replica"]["max_batch_size"] == 8
     dense = requests.get(f"{service['url']}/dense/model", timeout=TIMEOUT).json()
     assert dense["config"]["trial"]["arch"] == "dense"
+
+
+def test_the_access_log_is_on_unless_turned_off(service, images):
+    """Each replica writes Ray Serve's line per request in its log file, as Serve users expect;
+    ``access_log: false`` (``tuner serve --no-access-log``; the dense application here) writes none."""
+    import ray
+
+    for prefix in ("", "/dense"):
+        for _ in range(3):
+            assert requests.get(f"{service['url']}{prefix}/healthz", timeout=TIMEOUT).status_code == 200
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    deadline = time.monotonic() + 30
+    while True:  # a replica's log handler may flush a moment after it answers
+        text = {app: "".join(f.read_text(errors="replace") for f in logs.glob(f"replica_{app}_*.log"))
+                for app in ("conv", "dense")}
+        if "GET /healthz 200" in text["conv"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "GET /healthz 200" in text["conv"], text["conv"][-2000:]
+    assert text["dense"] and "/healthz" not in text["dense"], text["dense"][-2000:]
 
 
 def test_concurrent_requests_are_batched_and_all_correct(service, models, images):

@@ -429,6 +429,14 @@ def test_the_searcher_reads_its_trials_from_memory_and_its_copy_matches_the_data
     new = searcher._ot_trials["t10"]._trial_id
     assert set(reads) <= {(new,)}, reads  # only the new trial, read once as the database made it
 
+    # What the suggestion wrote, in transactions: the new trial, then its 3 parameters and its link
+    # to the Ray trial (ray_trial_id) together (DriverStorage.flush), not a commit for each.
+    commits = []
+    sqlalchemy.event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    assert searcher.suggest("t11") is not None
+    assert len(commits) == 2, commits
+    assert open_storage(url).get_trial(searcher._ot_trials["t11"]._trial_id).user_attrs == {"ray_trial_id": "t11"}
+
     def view(trials):
         return [(t.number, t.state, t.values, t.params, t.distributions, t.intermediate_values, t.user_attrs,
                  t.system_attrs) for t in trials]
@@ -437,3 +445,54 @@ def test_the_searcher_reads_its_trials_from_memory_and_its_copy_matches_the_data
     mine = searcher._ot_study._storage.get_all_trials(study_id)
     assert view(mine) == view(open_storage(url).get_all_trials(study_id))
     assert {t.state for t in mine} == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING}
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite", "journal"])
+def test_tuners_tpe_suggests_exactly_what_optunas_does(tmp_path, storage):
+    """tuner.study.TPESampler keeps finished trials' parameters as TPE's numbers from one suggestion
+    to the next (Optuna's re-makes them every time): suggestion for suggestion, it samples what
+    Optuna's own TPESampler samples, with trials complete, pruned, failed and running (constant_liar),
+    through a change of the search space, a pickle of the sampler (Tune's snapshots), and through
+    tuner's DriverStorage."""
+    import pickle
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from tuner.study import DriverStorage, TPESampler, open_storage
+
+    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "depth": IntDistribution(1, 4),
+             "loss": CategoricalDistribution(["mse", "l1", "ssim"]), "dropout": FloatDistribution(0.0, 0.5, step=0.1)}
+
+    def score(params):
+        return -abs(params["lr"] - 0.01) * 100 + params["depth"] - 0.5 * ["mse", "l1", "ssim"].index(params["loss"])
+
+    def search(sampler_cls, name):
+        if storage == "memory":
+            backend = optuna.storages.InMemoryStorage()
+        else:
+            url = f"sqlite:///{tmp_path / name}.db" if storage == "sqlite" else f"journal:///{tmp_path / name}.log"
+            backend = DriverStorage(open_storage(url))
+        sampler = sampler_cls(seed=3, n_startup_trials=5, constant_liar=True, multivariate=True)
+        study = optuna.create_study(storage=backend, study_name=name, direction="maximize", sampler=sampler)
+        asked, running = [], []
+        for i in range(45):
+            if i == 25:  # Tune pickles the searcher (and its sampler) with every snapshot
+                study.sampler = pickle.loads(pickle.dumps(study.sampler))
+            # From trial 30 on, no dropout: the space TPE samples jointly (the trials' intersection) shrinks.
+            trial = study.ask(space if i < 30 else {k: v for k, v in space.items() if k != "dropout"})
+            asked.append(trial.params)
+            running.append(trial)
+            if len(running) > 4:  # four left running: constant_liar's lies about them
+                done = running.pop(0)
+                if done.number % 7 == 3:
+                    study.tell(done, state=TrialState.FAIL)
+                elif done.number % 3 == 0:
+                    done.report(score(done.params) - 1.0, step=1)
+                    study.tell(done, state=TrialState.PRUNED)
+                else:
+                    study.tell(done, score(done.params))
+        return asked
+
+    mine, optunas = search(TPESampler, "tuner"), search(optuna.samplers.TPESampler, "optuna")
+    assert mine == optunas
+    assert len({json.dumps(p, sort_keys=True) for p in mine[5:]}) > 30  # TPE at work, not one point

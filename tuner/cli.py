@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-infer-batch", type=_positive_int, default=256,
                    help="most images (N of [N, C, H, W]) in one /v2 infer request; a larger batch is refused "
                         "(400); default 256")
+    s.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="no line per request in the replicas' log files (Ray Serve's access log; on by default)")
     s.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
                    "'ray up'; default: start a local Ray")
     s.add_argument("--haproxy", action="store_true",
@@ -239,6 +241,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve_forever(ServeArgs(model_dir=args.model_dir, replicas=args.replicas,
                             gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size,
-                            max_infer_batch=args.max_infer_batch),
+                            max_infer_batch=args.max_infer_batch, access_log=args.access_log),
                   host=args.host, port=args.port, address=args.address, haproxy=args.haproxy)
     return 0

@@ -274,15 +274,16 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
 
 
 def make_sampler(spec: ExperimentSpec):
-    """Optuna's TPE sampler as the spec's ``searcher`` section sets it, seeded by the spec."""
-    import optuna
+    """Optuna's TPE sampler (:class:`tuner.study.TPESampler`) as the spec's ``searcher`` section
+    sets it, seeded by the spec."""
+    from tuner.study import TPESampler
 
     s, n = spec.searcher, spec.budget.num_samples
     # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
     # would never get past that, so by default a third of the budget is random and the rest is TPE.
     startup = s.n_startup_trials if s.n_startup_trials is not None else max(2, min(10, n // 3))
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup,
-                                      constant_liar=s.constant_liar, multivariate=s.multivariate)
+    return TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=s.constant_liar,
+                      multivariate=s.multivariate)
 
 
 def _open_study(spec: ExperimentSpec, run_dir: str):

@@ -45,6 +45,7 @@ import io
 import json
 import logging
 import signal
+import struct
 import time
 from typing import Any, Optional
 
@@ -63,6 +64,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 2**20  # 16 MiB: a noisy 12-megapixel grayscale PNG fits; a bigger body is refused (413)
 BODY_NAME = "request body"  # what error messages call the uploaded image
+# A PNG of at most this many pixels is decoded, and its answer encoded, on the replica's event loop:
+# a 28x28 digit takes ~0.05 ms each way, less than the hop to a worker thread and back
+# (benchmarks/bench_serve.py); bigger images go to a thread, so requests keep arriving meanwhile.
+SMALL_IMAGE_PIXELS = 128 * 128
 # Ray Serve's high-throughput mode (Ray 2.55+), read by the processes Ray starts: HAProxy ingress, each
 # ingress replica serving HTTP itself ("direct ingress"), and Serve's other throughput settings.
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -89,6 +94,7 @@ class ServeArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1, le=1024)  # most /denoise requests denoised in one forward pass
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)  # how long a /denoise batch waits to fill up
     max_infer_batch: int = Field(256, ge=1, le=65536)  # most images (N) in one infer request's tensor
+    access_log: bool = True  # Ray Serve's line per request in each replica's log file (LoggingConfig)
 
 
 def app_builder(args: dict[str, Any] | ServeArgs) -> serve.Application:
@@ -109,6 +115,7 @@ def app_builder(args: dict[str, Any] | ServeArgs) -> serve.Application:
         ray_actor_options={"num_cpus": 1, "num_gpus": a.gpus_per_replica},
         # Enough requests in flight at a replica to fill two batches while one runs.
         max_ongoing_requests=max(8, 2 * a.max_batch_size),
+        logging_config={"enable_access_log": a.access_log},
     ).bind(absolute(a.model_dir), a.max_batch_size, a.batch_wait_timeout_s, a.max_infer_batch,
            a.gpus_per_replica)
 
@@ -179,8 +186,10 @@ class Denoiser:
         body = await _read_body(request, MAX_BODY_BYTES)
         if not body:
             raise Refused(400, f"{BODY_NAME}: empty; send one PNG or JPEG image as the body")
-        try:  # decode off the event loop, so requests keep arriving while a big image decodes
-            x = await asyncio.to_thread(load_image, body, self.model, BODY_NAME)  # (C, H, W)
+        try:  # a big image decodes off the event loop, so requests keep arriving meanwhile
+            small = (_png_pixels(body) or SMALL_IMAGE_PIXELS + 1) <= SMALL_IMAGE_PIXELS
+            x = load_image(body, self.model, BODY_NAME) if small else \
+                await asyncio.to_thread(load_image, body, self.model, BODY_NAME)  # (C, H, W)
         except ImageTooLarge as e:
             raise Refused(413, str(e)) from None
         except (DatasetError, ValueError) as e:  # not an image, truncated, a size a dense model refuses
@@ -188,7 +197,8 @@ class Denoiser:
         y = await self.denoise_batch(x)
         if isinstance(y, Exception):
             raise y  # Serve answers 500; the other requests of the batch were answered
-        return Response(await asyncio.to_thread(_png, y), media_type="image/png")
+        small = y.shape[-1] * y.shape[-2] <= SMALL_IMAGE_PIXELS
+        return Response(_png(y) if small else await asyncio.to_thread(_png, y), media_type="image/png")
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def denoise_batch(self, images: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
@@ -312,6 +322,14 @@ def _version() -> str:
         return version("tuner")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
+
+
+def _png_pixels(body: bytes) -> Optional[int]:
+    """Width x height from a PNG's header (its IHDR chunk) without decoding it; None if not a PNG."""
+    if len(body) >= 24 and body[:8] == b"\x89PNG\r\n\x1a\n" and body[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", body[16:24])
+        return width * height
+    return None
 
 
 def _png(x: torch.Tensor) -> bytes:
