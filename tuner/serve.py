@@ -186,10 +186,12 @@ class Denoiser:
         body = await _read_body(request, MAX_BODY_BYTES)
         if not body:
             raise Refused(400, f"{BODY_NAME}: empty; send one PNG or JPEG image as the body")
+        pixels = _png_pixels(body)
         try:  # a big image decodes off the event loop, so requests keep arriving meanwhile
-            small = (_png_pixels(body) or SMALL_IMAGE_PIXELS + 1) <= SMALL_IMAGE_PIXELS
-            x = load_image(body, self.model, BODY_NAME) if small else \
-                await asyncio.to_thread(load_image, body, self.model, BODY_NAME)  # (C, H, W)
+            if pixels is not None and pixels <= SMALL_IMAGE_PIXELS:
+                x = load_image(body, self.model, BODY_NAME)  # (C, H, W)
+            else:
+                x = await asyncio.to_thread(load_image, body, self.model, BODY_NAME)
         except ImageTooLarge as e:
             raise Refused(413, str(e)) from None
         except (DatasetError, ValueError) as e:  # not an image, truncated, a size a dense model refuses
