@@ -447,13 +447,13 @@ def test_the_searcher_reads_its_trials_from_memory_and_its_copy_matches_the_data
     assert {t.state for t in mine} == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING}
 
 
-@pytest.mark.parametrize("storage", ["memory", "sqlite", "journal"])
+@pytest.mark.parametrize("storage", ["memory", "sqlite", "journal", "plain RDBStorage"])
 def test_tuners_tpe_suggests_exactly_what_optunas_does(tmp_path, storage):
     """tuner.study.TPESampler keeps finished trials' parameters as TPE's numbers from one suggestion
     to the next (Optuna's re-makes them every time): suggestion for suggestion, it samples what
     Optuna's own TPESampler samples, with trials complete, pruned, failed and running (constant_liar),
     through a change of the search space, a pickle of the sampler (Tune's snapshots), and through
-    tuner's DriverStorage."""
+    tuner's DriverStorage (on tuner's storages, and on Optuna's plain RDBStorage)."""
     import pickle
 
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -469,6 +469,8 @@ def test_tuners_tpe_suggests_exactly_what_optunas_does(tmp_path, storage):
     def search(sampler_cls, name):
         if storage == "memory":
             backend = optuna.storages.InMemoryStorage()
+        elif storage == "plain RDBStorage":  # no write_trial: DriverStorage writes one by one, as Optuna does
+            backend = DriverStorage(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.db"))
         else:
             url = f"sqlite:///{tmp_path / name}.db" if storage == "sqlite" else f"journal:///{tmp_path / name}.log"
             backend = DriverStorage(open_storage(url))
@@ -491,6 +493,10 @@ def test_tuners_tpe_suggests_exactly_what_optunas_does(tmp_path, storage):
                     study.tell(done, state=TrialState.PRUNED)
                 else:
                     study.tell(done, score(done.params))
+        if isinstance(backend, DriverStorage):  # what it wrote is in the database, read afresh
+            backend.flush()  # the trials still running (StudySearch flushes after each suggestion)
+            stored = optuna.load_study(study_name=name, storage=open_storage(backend.url)).trials
+            assert [t.params for t in stored] == asked
         return asked
 
     mine, optunas = search(TPESampler, "tuner"), search(optuna.samplers.TPESampler, "optuna")

@@ -29,6 +29,7 @@ import pickle
 import threading
 import warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
@@ -135,12 +136,18 @@ class RDBStudyStorage(optuna.storages.RDBStorage):
                     for key, value in attrs.items():
                         self._set_trial_attr_without_commit(session, model, trial_id, key, value)
         except sqlalchemy.exc.IntegrityError:
-            for name, value, distribution, _ in params:
-                self.set_trial_param(trial_id, name, value, distribution)
-            for key, value in user_attrs.items():
-                self.set_trial_user_attr(trial_id, key, value)
-            for key, value in system_attrs.items():
-                self.set_trial_system_attr(trial_id, key, value)
+            write_one_by_one(self, trial_id, params, user_attrs, system_attrs)
+
+
+def write_one_by_one(storage: optuna.storages.BaseStorage, trial_id: int, params: list[tuple],
+                     user_attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
+    """What ``write_trial`` writes, through Optuna's own calls: a write (and a commit) each."""
+    for name, value, distribution, _ in params:
+        storage.set_trial_param(trial_id, name, value, distribution)
+    for key, value in user_attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)
+    for key, value in system_attrs.items():
+        storage.set_trial_system_attr(trial_id, key, value)
 
 
 StudyStorage = Union[RDBStudyStorage, JournalStudyStorage]
@@ -428,15 +435,8 @@ class DriverStorage(optuna.storages.BaseStorage):
                 todo = self._unwritten.pop(i, None)
                 if todo is None:
                     continue
-                if hasattr(self._backend, "write_trial"):
-                    self._backend.write_trial(i, todo.params, todo.user_attrs, todo.system_attrs)
-                    continue
-                for name, value, distribution, _ in todo.params:
-                    self._backend.set_trial_param(i, name, value, distribution)
-                for key, value in todo.user_attrs.items():
-                    self._backend.set_trial_user_attr(i, key, value)
-                for key, value in todo.system_attrs.items():
-                    self._backend.set_trial_system_attr(i, key, value)
+                write = getattr(self._backend, "write_trial", None) or partial(write_one_by_one, self._backend)
+                write(i, todo.params, todo.user_attrs, todo.system_attrs)
 
     def _check_updatable(self, trial_id: int) -> None:
         if trial_id not in self._trials:
