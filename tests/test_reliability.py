@@ -204,19 +204,21 @@ def _newest_complete(folder: Path) -> Optional[tuple[str, int]]:
     return None
 
 
-def _stale(run: Path, before_epoch: int, complete: bool = False) -> Optional[dict]:
+def _stale(run: Path, before_epoch: int, newest_below: Optional[int] = None) -> Optional[dict]:
     """A running trial, at an epoch before ``before_epoch``, whose checkpoint in Ray's snapshot is
     gone from disk (so a newer one is there: Ray keeps the latest). Quick, to kill while it holds:
-    it lasts until Ray's next snapshot, a few epochs. With ``complete``, also the newest checkpoint
-    that reads back whole (slower: after the kill)."""
+    it lasts until Ray's next snapshot, a few epochs. With ``newest_below``, also the newest
+    checkpoint that reads back whole, which must be of an epoch below it (slower: after the kill)."""
     state = _experiment_state(run)
     for trial_id, s in (state or {}).items():
         named = s["last_result"].get("checkpoint_dir_name")
         folder = run / f"trial_{trial_id}"
         if (s["status"] == "RUNNING" and named and s["last_result"].get("epoch", 0) < before_epoch - 1
                 and not (folder / named).exists()):
-            newest = _newest_complete(folder) if complete else None
-            if newest or not complete:
+            if newest_below is None:
+                return {"trial": trial_id, "named": named, "newest": None}
+            newest = _newest_complete(folder)
+            if newest and newest[1] < newest_below:
                 return {"trial": trial_id, "named": named, "newest": newest}
     return None
 
@@ -301,15 +303,17 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
 
     # 1. In an epoch, while Ray's snapshot names a checkpoint of a running trial that is gone from disk.
     # Ray may write a newer snapshot between the poll that sees that and the kill: then look again.
-    for attempt in range(3):
+    # The trial's newest checkpoint must leave it epochs to go: steps 1 and 2 need two more of them
+    # (one trained on below, one half-written), and step 3 one more after that.
+    for attempt in range(4):
         proc, log = search.start(storage, resume=attempt > 0)
         search.kill_when(proc, log, lambda: _stale(run, max_epochs - 2), "a snapshot naming a deleted checkpoint",
                          timeout=420)
-        stale = _stale(run, max_epochs, complete=True)  # what Tuner.restore would read, after the kill
+        stale = _stale(run, max_epochs, newest_below=max_epochs - 2)  # what Tuner.restore would read
         if stale:
             break
     else:
-        pytest.fail("three kills in a row came just after Ray had snapshotted its state")
+        pytest.fail("four kills in a row came just after Ray had snapshotted its state, or too late in a trial")
     trial, (newest, epoch) = stale["trial"], stale["newest"]
     folder = run / f"trial_{trial}"
 
