@@ -48,7 +48,7 @@ NODE_LOSS_SPEC = """
 name: node-loss
 dataset: {name: digits}
 eval_noise: {kind: gaussian, level: 0.3}
-budget: {num_samples: 2, max_epochs: 20, grace_period: 20, max_concurrent: 2, max_failures: 3}
+budget: {num_samples: 2, max_epochs: 20, grace_period: 20, max_concurrent: 2, max_failures: 3, checkpoint_every_s: 0}
 fixed: {width: 16, depth: 2, skip: true, batch_size: 32}
 search:
   lr: {loguniform: [1.0e-3, 5.0e-3]}

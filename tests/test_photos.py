@@ -289,3 +289,30 @@ def test_benchmark_spec_takes_its_folders_from_the_command_line(photo_folders):
     moved = spec.with_overrides(train_path=str(photo_folders / "train"), test_path=str(photo_folders / "test"))
     assert (moved.dataset.train_path, moved.dataset.test_path) == (str(photo_folders / "train"), str(photo_folders / "test"))
     assert moved.dataset.val_path is None and spec.budget.time_attr == "train_seconds"
+
+
+@pytest.mark.parametrize("name", ["bsd68_gpu", "cbsd68_gpu"])
+def test_the_gpu_specs_run_a_tiny_budget_on_the_cpu(tmp_path, name):
+    """The GPU benchmark specs as shipped (their model family, batches, packing, time-derived
+    budget) load, and run on a CPU when shrunk: 2 trials of a few training seconds on a few photos."""
+    spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
+    assert spec.resources.gpus_per_trial == 0.125 and spec.budget.max_concurrent == 8
+    assert spec.budget.time_attr == "train_seconds" and spec.budget.max_train_seconds > 8 * spec.budget.grace_period
+    shared = ROOT.parent / "shared" / "datasets" / ("gray" if name == "bsd68_gpu" else "color")
+    train, test = (shared / "Train400", shared / "BSD68") if name == "bsd68_gpu" else (shared / "CBSD432", shared / "CBSD68")
+    if not train.is_dir():
+        pytest.skip(f"{train} is not here (../shared/datasets)")
+    data = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
+    data["dataset"].update(train_path=str(train), test_path=str(test), limit=2, patches_per_epoch=16, val_fraction=0.2)
+    data["budget"] = {"num_samples": 2, "max_concurrent": 1, "time_attr": "train_seconds", "max_train_seconds": 3,
+                      "grace_period": 1.5, "max_epochs": 100000}
+    data["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    data["search"]["width"] = {"choice": [8, 16]}  # a width-64 U-Net scores whole photos slowly on a CPU
+    data["start_from"] = [{**data["start_from"][0], "width": 8, "batch_size": 32}]
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = tuner.tune(load_spec(path), storage=str(tmp_path / "runs"), report=False, verbose=0)
+    assert len(result.results) == 2 and math.isfinite(result.metrics["test_psnr"])
+    assert result.metrics["test_psnr"] > result.metrics["noisy_test_psnr"]
+    rows = [r.metrics for r in result.results]
+    assert all(0 < m["train_share"] <= 1 for m in rows)

@@ -48,7 +48,7 @@ seed: 2
 dataset: {name: digits}
 eval_noise: {kind: gaussian, level: 0.3}
 budget: {num_samples: 4, max_epochs: 8, grace_period: 8, max_concurrent: 2, keep_checkpoints: 2,
-         max_failures: 2}
+         max_failures: 2, checkpoint_every_s: 0}
 resources: {cpus_per_trial: 1}
 fixed: {width: 16, depth: 2, latent_dim: 8, batch_size: 64, skip: true, optimizer: sgd,
         batch_norm: false, loss: bce}
@@ -180,7 +180,7 @@ seed: 0
 dataset: {name: digits}
 eval_noise: {kind: gaussian, level: 0.3}
 budget: {num_samples: 5, max_epochs: 12, grace_period: 4, reduction_factor: 2, max_concurrent: 1,
-         keep_checkpoints: 2}
+         keep_checkpoints: 2, checkpoint_every_s: 0}
 resources: {cpus_per_trial: 1}
 fixed: {width: 16, depth: 2, batch_size: 32, skip: true}
 search:

@@ -12,7 +12,7 @@ from tuner.spec import TrialConfig
 from tuner.train import (DIVERGED_PSNR, METRIC, MODE, Trainer, evaluate, fit, loss_fn,
                          make_optimizer, noisy_baseline, psnr_per_image)
 
-TIMING = ("epoch_seconds", "train_seconds", "val_seconds", "images_per_second")  # wall-clock: the only metrics allowed to differ
+TIMING = ("epoch_seconds", "train_seconds", "val_seconds", "wall_seconds", "train_share", "images_per_second")  # wall-clock: the only metrics allowed to differ
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,6 @@ class Splits:
         train_labels, val_labels, test_labels: (N,) int labels, or None when unlabelled.
         patch_size: photos: training draws random ``patch_size`` crops from ``train``; None: the
             images themselves are the training samples.
-        augment: photos: flip / rotate each crop by one of 8 random modes.
         patches_per_epoch: photos: the crops that make one epoch.
     """
 
@@ -77,7 +76,6 @@ class Splits:
     val_labels: Optional[np.ndarray] = None
     test_labels: Optional[np.ndarray] = None
     patch_size: Optional[int] = None
-    augment: bool = False
     patches_per_epoch: Optional[int] = None
 
     @property
@@ -98,7 +96,7 @@ class Splits:
 
         return (f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test photos "
                 f"({c} channel{'s' if c > 1 else ''}; {sizes(self.train)} / {sizes(self.val)} / {sizes(self.test)}), "
-                f"training on random {h}x{w} crops{', augmented' if self.augment else ''}, "
+                f"training on random {h}x{w} crops, "
                 f"{self.patches_per_epoch} per epoch")
 
 
@@ -111,7 +109,7 @@ def load_dataset(
     val_path: str | Path | None = None,
     test_path: str | Path | None = None,
     patch_size: int = 32,
-    augment: bool = True,
+    augment: Optional[bool] = None,
     patches_per_epoch: Optional[int] = None,
     channels: Optional[int] = None,
     val_fraction: float = 0.1,
@@ -131,7 +129,8 @@ def load_dataset(
             default to ``val_fraction`` / ``test_fraction`` of the train folder's images).
         patch_size: photos: side of the random training crops; every training image must be at
             least this large.
-        augment: photos: flip and rotate each crop by one of 8 random modes.
+        augment: ignored: flips and rotations are the trial's hyperparameter ``augment`` now
+            (``tuner.train``); model folders from before pass it.
         patches_per_epoch: photos: crops per epoch; default, the non-overlapping crops that tile
             the training images once.
         channels: photos: 1 or 3; None keeps what the images are (RGB if any is). A folder
@@ -180,8 +179,7 @@ def load_dataset(
                                f"dataset.patch_size {patch_size}")
         if patches_per_epoch is None:
             patches_per_epoch = max(1, sum((a.shape[1] // patch_size) * (a.shape[2] // patch_size) for a in train))
-        splits = Splits(name, train, val, test, patch_size=patch_size, augment=augment,
-                        patches_per_epoch=patches_per_epoch)
+        splits = Splits(name, train, val, test, patch_size=patch_size, patches_per_epoch=patches_per_epoch)
     else:
         raise DatasetError(
             f"unknown dataset {name!r}; allowed: mnist5k, digits, mnist, fashion_mnist, cifar10, folder, sample_photos")

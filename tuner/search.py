@@ -32,7 +32,8 @@ from tuner.noise import Noise
 from tuner.spec import ExperimentSpec, TrialConfig
 from tuner.storage import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, STATE_FILE, absolute, exists,
                            join, write)
-from tuner.train import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, fit, pick_device, psnr_per_image
+from tuner.train import (METRIC, MODE, TEST_SEED_OFFSET, CheckpointCadence, EvalSet, evaluate, fit, pick_device,
+                         psnr_per_image)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class SearchError(Exception):
 
 # ---------------------------------------------------------------- the trial (Ray adapter)
 
-def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int) -> None:
+def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int,
+                checkpoint_every_s: float = 0.0) -> None:
     """Ray Tune function trainable: one trial of the search.
 
     Args:
@@ -52,6 +54,9 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
         data: the dataset splits, from the object store (shared by the node's trials).
         eval_noise: the experiment's evaluation noise (``kind``, ``level``, ``level_max``, ``seed``).
         threads: PyTorch CPU threads (the CPUs given to the trial).
+        checkpoint_every_s: the most seconds between two checkpoints (``budget.checkpoint_every_s``):
+            an epoch is checkpointed on a new best, at the end, and at least this often
+            (:class:`tuner.train.CheckpointCadence`); every epoch reports its metrics.
     """
     from ray import tune
 
@@ -68,14 +73,31 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     node = ray.get_runtime_context().get_node_id()  # nodes share an IP when simulated on one machine
     _warn_unusable_gpu(ray.get_gpu_ids())
     device = pick_device().type  # what fit() trains on
+    cadence = CheckpointCadence(checkpoint_every_s)
     for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads):
+        metrics = {**epoch.metrics, "node_id": node, "device": device}
+        if not cadence.due(epoch):
+            tune.report(metrics)
+            continue
+        start = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.checkpoint(), Path(d) / STATE_FILE)
             (Path(d) / CONFIG_FILE).write_text(json.dumps(trial.to_dict(), indent=2))
             # The epoch's metrics travel with its checkpoint: a resume can rebuild Ray's record of a
             # checkpoint that the killed driver never logged (tuner.resume).
             (Path(d) / METRICS_FILE).write_text(json.dumps(epoch.metrics))
-            tune.report({**epoch.metrics, "node_id": node, "device": device}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        cadence.written(time.perf_counter() - start)
+
+
+def gpu_hint(cluster_gpus: float, gpus_per_trial: float) -> Optional[str]:
+    """The one line a search prints when the machine (or cluster) has GPUs its spec does not ask
+    for, with what to set; None when there is nothing to say."""
+    if cluster_gpus <= 0 or gpus_per_trial > 0:
+        return None
+    return (f"this Ray cluster has {cluster_gpus:g} GPU(s) but resources.gpus_per_trial is 0, so every trial "
+            f"trains on the CPU; to pack 4 trials per GPU give --gpus-per-trial 0.25 --max-concurrent "
+            f"{max(4, int(4 * cluster_gpus))} (docs/gpu.md), or a GPU spec such as search_spaces/bsd68_gpu.yaml")
 
 
 _gpu_warned = False
@@ -166,11 +188,15 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
     _init_ray(address)
     check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=joined)
+    hint = gpu_hint(ray.cluster_resources().get("GPU", 0), spec.resources.gpus_per_trial)
+    if hint:
+        log.warning(hint)
 
     eval_noise = spec.eval_noise.model_dump()
     threads = max(1, int(spec.resources.cpus_per_trial))
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, eval_noise=eval_noise, threads=threads),  # object store
+        tune.with_parameters(train_trial, data=data, eval_noise=eval_noise, threads=threads,  # object store
+                             checkpoint_every_s=spec.budget.checkpoint_every_s),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     if resume:
@@ -185,8 +211,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         if not spec.search:
             log.info("nothing to search (the spec has no search: entries): training its fixed configuration "
                      "as one trial%s", f"; num_samples {b.num_samples} does not apply" if b.num_samples > 1 else "")
-        log.info("starting search %s: %d trials, up to %d epochs each, in %s",
-                 spec.name, num_samples, spec.budget.max_epochs, run_dir)
+        each = (f"{b.max_epochs} epochs" if b.time_attr == "epoch" else f"{b.max_train_seconds:g} training seconds")
+        log.info("starting search %s: %d trials, up to %s each, in %s", spec.name, num_samples, each, run_dir)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
                            scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)

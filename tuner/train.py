@@ -253,6 +253,16 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
+OVERHEAD_SHARE = 0.05  # validation and checkpoints may take about this share of a trial's wall time...
+VALIDATION_SHARE = CHECKPOINT_SHARE = OVERHEAD_SHARE / 2  # ...half each
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
     """The given device, else CUDA when available, else CPU."""
     if device is not None:
@@ -268,36 +278,109 @@ def augment(x: torch.Tensor, mode: int) -> torch.Tensor:
     return x.flip(-1) if mode >= 4 else x
 
 
+# The modes each ``augment`` setting draws from, uniformly: ``flip`` is the identity, the left-right
+# and up-down flips and both (a half turn), which keep a picture's up and down axis; ``flip_rotate``
+# adds the quarter turns (all 8, DnCNN's augmentation), right for photos and wrong for images whose
+# content has an orientation (a rotated 6 is a 9).
+AUGMENT_MODES: dict[str, tuple[int, ...]] = {"none": (0,), "flip": (0, 2, 4, 6), "flip_rotate": tuple(range(8))}
+
+
+def mode_maps(size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pixel of a ``size`` x ``size`` crop comes from under each of :func:`augment`'s modes.
+
+    Returns:
+        (rows, cols): (8, size * size) long tensors; output pixel ``k`` of a crop in mode ``m`` is
+        the source pixel (``rows[m, k]``, ``cols[m, k]``) of the unaugmented crop.
+    """
+    grid = torch.arange(size * size, device=device).view(1, 1, size, size)
+    flat = torch.stack([augment(grid, m).reshape(-1) for m in range(8)])  # (8, size*size)
+    return flat // size, flat % size
+
+
+class PatchSampler:
+    """Random training crops drawn where the images are, with one gather per batch.
+
+    Each crop comes from an image drawn uniformly, at a uniform position, in a mode drawn uniformly
+    from ``AUGMENT_MODES[augment]`` (the flip / rotation is folded into the gather's indices). The
+    images live in one flat ``uint8`` buffer on their device; every draw uses ``generator`` (on the
+    same device), so a batch costs a few small kernels and no host-device round trip, and the crops
+    depend only on the generator's state (deterministic per seed).
+
+    Args:
+        images: (C, H, W) uint8 tensors of any sizes of at least ``size``, one channel count, on
+            one device.
+        size: the crops' side.
+        augment: ``none``, ``flip`` or ``flip_rotate``.
+    """
+
+    def __init__(self, images: list[torch.Tensor], size: int, augment: str = "flip_rotate"):
+        self.device = images[0].device
+        self.size, self.channels = size, images[0].shape[0]
+        sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.long)  # (N, 2): H, W
+        numel = sizes.prod(1) * self.channels
+        self.flat = torch.cat([im.reshape(-1) for im in images])  # every pixel, one buffer
+        self.starts = (numel.cumsum(0) - numel).to(self.device)  # where each image begins in it
+        self.heights, self.widths = sizes[:, 0].to(self.device), sizes[:, 1].to(self.device)
+        self.plane = (self.heights * self.widths)  # pixels per channel
+        self.rows, self.cols = mode_maps(size, self.device)
+        self.modes = torch.tensor(AUGMENT_MODES[augment], device=self.device)
+        self.channel = torch.arange(self.channels, device=self.device).view(1, -1, 1)  # (1, C, 1)
+        self.images = [self.flat[int(a):int(a) + int(n)].view(self.channels, int(h), int(w))
+                       for a, n, (h, w) in zip(self.starts.cpu(), numel, sizes)]  # the inputs, as views
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """The random choices of ``n`` crops: (image, top, left, mode), each (n,) long."""
+        dev, s = self.device, self.size
+        image = torch.randint(len(self.heights), (n,), generator=generator, device=dev)
+        h, w = self.heights[image], self.widths[image]
+        # Uniform positions as today's sampler drew them (a float64 fraction of the free range),
+        # clamped so that a fraction within rounding of 1 never steps outside the image.
+        u = torch.rand((n, 2), generator=generator, device=dev, dtype=torch.float64)
+        top = torch.minimum((u[:, 0] * (h - s + 1)).long(), h - s)
+        left = torch.minimum((u[:, 1] * (w - s + 1)).long(), w - s)
+        if len(self.modes) == 1:
+            mode = self.modes.expand(n)
+        else:
+            mode = self.modes[torch.randint(len(self.modes), (n,), generator=generator, device=dev)]
+        return image, top, left, mode
+
+    def crops(self, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor, mode: torch.Tensor) -> torch.Tensor:
+        """The crops of :meth:`draw`'s choices: (n, C, size, size) uint8, by one gather."""
+        w = self.widths[image].unsqueeze(1)  # (n, 1)
+        pixel = (top.unsqueeze(1) + self.rows[mode]) * w + left.unsqueeze(1) + self.cols[mode]  # (n, s*s)
+        index = (self.starts[image].view(-1, 1, 1) + self.channel * self.plane[image].view(-1, 1, 1)
+                 + pixel.unsqueeze(1))  # (n, C, s*s)
+        return self.flat[index].view(len(image), self.channels, self.size, self.size)
+
+    def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random crops: (n, C, size, size) uint8 on the images' device."""
+        return self.crops(*self.draw(n, generator))
+
+
+def augment_batch(batch: torch.Tensor, modes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Each square image of (B, C, S, S) ``batch`` in its own mode (``modes``: (B,) long), by one
+    gather (``rows``, ``cols``: :func:`mode_maps` of S)."""
+    b, c, s, _ = batch.shape
+    pixel = rows[modes] * s + cols[modes]  # (B, S*S)
+    return batch.reshape(b, c, s * s).gather(2, pixel.unsqueeze(1).expand(b, c, s * s)).view(b, c, s, s)
+
+
 def sample_patches(images: list[torch.Tensor], n: int, size: int, generator: torch.Generator,
-                   flip_rotate: bool = True) -> torch.Tensor:
-    """Random training crops: each from an image drawn uniformly, at a uniform position, then
-    (``flip_rotate``) in one of :func:`augment`'s 8 modes.
+                   augment: str = "flip_rotate") -> torch.Tensor:
+    """``n`` random training crops of ``images`` (:class:`PatchSampler`; build one to draw many
+    batches: it packs the images once).
 
     Args:
         images: (C, H, W) uint8 tensors of any sizes of at least ``size``, on one device.
         n: crops.
         size: their side.
-        generator: a CPU generator; its state alone decides the crops (deterministic per seed).
-        flip_rotate: draw a flip / rotation mode per crop.
+        generator: a generator on the images' device; its state alone decides the crops.
+        augment: ``none``, ``flip`` or ``flip_rotate`` (:data:`AUGMENT_MODES`).
 
     Returns:
         (n, C, size, size) uint8 crops on the images' device.
     """
-    pick = torch.randint(len(images), (n,), generator=generator).tolist()
-    where = torch.rand((n, 2), generator=generator, dtype=torch.float64).tolist()
-    crops = []
-    for i, (u, v) in zip(pick, where):
-        _, h, w = images[i].shape
-        top, left = int(u * (h - size + 1)), int(v * (w - size + 1))
-        crops.append(images[i][:, top:top + size, left:left + size])
-    batch = torch.stack(crops)  # (n, C, size, size)
-    if flip_rotate:
-        modes = torch.randint(8, (n,), generator=generator)
-        for m in modes.unique().tolist():
-            if m:
-                sel = (modes == m).nonzero().flatten().to(batch.device)
-                batch[sel] = augment(batch[sel], m)
-    return batch
+    return PatchSampler(images, size, augment)(n, generator)
 
 
 class Trainer:
@@ -314,6 +397,7 @@ class Trainer:
 
     def __init__(self, config: TrialConfig, data: Splits, eval_noise: Noise, eval_seed: int = 1234,
                  device: Optional[str | torch.device] = None, threads: Optional[int] = None):
+        self._clock = time.perf_counter()  # wall_seconds counts from here
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.config = config
@@ -325,21 +409,29 @@ class Trainer:
         self.model = build_model(config, c, h, w).to(self.device, memory_format=torch.channels_last)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.patch_size = data.patch_size  # photos: random crops of this side; None: whole images
+        self.augment = config.augment
+        self.order_gen = torch.Generator(self.device).manual_seed(config.seed)  # batch order, or crops and modes
+        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)  # training noise
         if self.patch_size is None:
             self.train_images = _tensor(data.train).to(self.device)  # (N, C, H, W) uint8, shared, read-only
             self.epoch_samples = len(self.train_images)
+            if self.augment != "none" and h != w:
+                raise ValueError(f"augment {self.augment} needs square images; these are {h}x{w}")
+            self.modes = torch.tensor(AUGMENT_MODES[self.augment], device=self.device)
+            self.mode_rows, self.mode_cols = mode_maps(h, self.device)
         else:
-            self.train_images = [_tensor(a).to(self.device) for a in data.train]  # (C, H, W) uint8 each
+            self.sampler = PatchSampler([_tensor(a).to(self.device) for a in data.train], self.patch_size,
+                                        self.augment)
+            self.train_images = self.sampler.images  # (C, H, W) uint8 each: views of the sampler's buffer
             self.epoch_samples = int(data.patches_per_epoch)
-        self.augment = data.augment
-        self.train_seconds = 0.0  # time spent in training steps (not validation): the compute budget
+        self.train_seconds = 0.0  # wall time of the training loop (batches drawn, steps, synced): the compute budget
+        self.wall_seconds = 0.0  # wall time of the whole trial so far: start-up, training, validation, checkpoints
         self.samples_seen = 0
         steps = math.ceil(self.epoch_samples / config.batch_size) * config.max_epochs
         by_time = (lambda: self.train_seconds / config.max_train_seconds) if config.max_train_seconds else None
         self.scheduler, self.per_batch = make_scheduler(config, self.optimizer, steps, by_time)
         self.val = EvalSet.make(data.val, eval_noise, eval_seed, self.device)
-        self.order_gen = torch.Generator("cpu").manual_seed(config.seed)  # batch order, or crops and modes
-        self.noise_gen = torch.Generator(self.device).manual_seed(config.seed + 1)  # training noise
+        self.val_seconds = 0.0  # the last validation's cost: sets the cadence of validations under time budgets
         self.noise = config.train_noise(eval_noise)
         self.amp_dtype = amp = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
@@ -352,58 +444,89 @@ class Trainer:
         limit = self.config.max_train_seconds
         return limit is not None and self.train_seconds >= limit
 
+    @property
+    def finished(self) -> bool:
+        """Whether the trial's budget (``max_epochs`` or ``max_train_seconds``) is spent."""
+        return self.epoch >= self.config.max_epochs or self.budget_spent
+
     def _batches(self) -> Iterator[torch.Tensor]:
         """One epoch of (B, C, H, W) uint8 training batches: the images in a random order, or
-        ``patches_per_epoch`` random crops of the photos."""
+        ``patches_per_epoch`` random crops of the photos; each in a random mode of ``augment``."""
         n, bs = self.epoch_samples, self.config.batch_size
         if self.patch_size is None:
-            order = torch.randperm(n, generator=self.order_gen).to(self.device)
+            order = torch.randperm(n, generator=self.order_gen, device=self.device)
             for i in range(0, n, bs):
-                yield self.train_images[order[i:i + bs]]
+                batch = self.train_images[order[i:i + bs]]
+                if len(self.modes) > 1:
+                    pick = torch.randint(len(self.modes), (len(batch),), generator=self.order_gen, device=self.device)
+                    batch = augment_batch(batch, self.modes[pick], self.mode_rows, self.mode_cols)
+                yield batch
         else:
             for i in range(0, n, bs):
-                yield sample_patches(self.train_images, min(bs, n - i), self.patch_size, self.order_gen, self.augment)
+                yield self.sampler(min(bs, n - i), self.order_gen)
+
+    def _validation_due(self, trained: float) -> bool:
+        """Whether to validate now, ``trained`` seconds of training after the last validation.
+
+        Under an epoch budget every epoch is validated (ASHA counts epochs). Under a budget in
+        training seconds an epoch is only a unit of work: validation waits until the training since
+        the last one makes the last validation's cost at most :data:`VALIDATION_SHARE` of the time,
+        and always comes when the budget is spent."""
+        if self.config.max_train_seconds is None or self.finished:
+            return True
+        return trained * VALIDATION_SHARE >= self.val_seconds * (1 - VALIDATION_SHARE)
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch (ended early when a ``max_train_seconds`` budget runs out) and evaluate
-        on the validation split.
+        on the validation split; under a budget in seconds, train more epochs first while a
+        validation would cost over :data:`VALIDATION_SHARE` of the time (:meth:`_validation_due`).
 
         Returns:
             ``epoch``, ``train_loss``, ``val_psnr``, ``val_mse``, ``val_ssim``, ``lr``,
             ``epoch_seconds``, ``train_seconds`` (training time so far, ASHA's ``time_attr`` for
-            budgets in seconds), ``val_seconds``, ``samples_seen``, ``images_per_second`` (crops
-            for photos) and ``diverged`` (1 when the loss or the outputs went non-finite;
-            ``val_psnr`` is then :data:`DIVERGED_PSNR`).
+            budgets in seconds: the loop's wall time, the device synced), ``val_seconds``,
+            ``wall_seconds`` (the trial's wall time so far) and ``train_share`` (the share of it in
+            training), ``samples_seen``, ``images_per_second`` (crops for photos) and ``diverged``
+            (1 when the loss or the outputs went non-finite; ``val_psnr`` is then
+            :data:`DIVERGED_PSNR`).
         """
         start = time.perf_counter()
         self.model.train()
         total = torch.zeros((), device=self.device)
-        seen = 0
+        seen, trained = 0, 0.0
         space = self.model.output_space
-        for batch in self._batches():
-            step_start = time.perf_counter()
-            clean = batch.float().div_(255.0)  # (B, C, H, W)
-            noisy = corrupt(clean, self.noise, self.noise_gen)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                loss = loss_fn(self.model(noisy), clean, self.config.loss, space)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.per_batch:
-                self.scheduler.step()
-            total += loss.detach() * len(clean)
-            seen += len(clean)
-            # Timed without a device sync: on a GPU the clock runs ahead of the kernels by at most
-            # a few steps, which the epoch's final sync (float(total) below) settles.
-            self.train_seconds += time.perf_counter() - step_start
-            if self.budget_spent:
+        while True:
+            loop_start, before = time.perf_counter(), self.train_seconds
+            for batch in self._batches():
+                clean = batch.float().div_(255.0)  # (B, C, H, W)
+                noisy = corrupt(clean, self.noise, self.noise_gen)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    loss = loss_fn(self.model(noisy), clean, self.config.loss, space)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.per_batch:
+                    self.scheduler.step()
+                total += loss.detach() * len(clean)
+                seen += len(clean)
+                # No sync per step: on a GPU this clock runs ahead of the kernels (a lower bound of
+                # the time spent), good enough for the schedule and the budget check...
+                self.train_seconds = before + time.perf_counter() - loop_start
+                if self.budget_spent:
+                    break
+            # ...and the epoch's one sync makes the total true: the loop's wall time, batches drawn,
+            # steps run and every queued kernel finished, on any device.
+            _synchronize(self.device)
+            self.train_seconds = before + time.perf_counter() - loop_start
+            trained += self.train_seconds - before
+            self.epoch += 1
+            if self._validation_due(trained):
                 break
-        train_loss = float(total) / max(seen, 1)  # one device sync per epoch
+        train_loss = float(total) / max(seen, 1)
         loop_seconds = time.perf_counter() - start
         self.samples_seen += seen
-        self.epoch += 1
         metrics: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss}
         val_start = time.perf_counter()
         scores = evaluate(self.model, self.val) if math.isfinite(train_loss) else None
@@ -415,11 +538,17 @@ class Trainer:
             if self.scheduler is not None and not self.per_batch:
                 self.scheduler.step(scores["psnr"])
         self.best_psnr = max(self.best_psnr, metrics["val_psnr"])
+        now = time.perf_counter()
+        self.val_seconds = now - val_start
+        self.wall_seconds += now - self._clock
+        self._clock = now
         metrics.update(
             lr=self.optimizer.param_groups[0]["lr"],
-            epoch_seconds=time.perf_counter() - start,
+            epoch_seconds=now - start,
             train_seconds=self.train_seconds,
-            val_seconds=time.perf_counter() - val_start,
+            val_seconds=self.val_seconds,
+            wall_seconds=self.wall_seconds,
+            train_share=self.train_seconds / max(self.wall_seconds, 1e-9),
             samples_seen=self.samples_seen,
             images_per_second=seen / loop_seconds,
         )
@@ -433,6 +562,7 @@ class Trainer:
             "epoch": self.epoch,
             "best_psnr": self.best_psnr,
             "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds,
             "samples_seen": self.samples_seen,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -452,7 +582,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.order_gen.set_state(state["order_gen"])
+        self.order_gen.set_state(state["order_gen"].to("cpu"))
         self.noise_gen.set_state(state["noise_gen"].to("cpu"))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and self.device.type == "cuda":
@@ -460,6 +590,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.best_psnr = float(state["best_psnr"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.wall_seconds = float(state.get("wall_seconds", self.train_seconds))
         self.samples_seen = int(state.get("samples_seen", 0))
 
 
@@ -469,10 +600,43 @@ class Epoch:
 
     metrics: dict[str, Any]
     trainer: Trainer = field(repr=False)
+    final: bool = False  # fit stops after this epoch: its budget is spent, or it diverged
 
     def checkpoint(self) -> dict[str, Any]:
         """The state to save so a later :func:`fit` continues from here (a copy: training goes on)."""
         return copy.deepcopy(self.trainer.state_dict())
+
+
+class CheckpointCadence:
+    """When a trial writes a checkpoint, so that writing costs at most ~:data:`CHECKPOINT_SHARE` of
+    its wall time and a kill loses at most ``every_s`` seconds.
+
+    A checkpoint is due at a trial's final epoch; after ``every_s`` seconds without one (what a
+    resume needs); and at a new best ``val_psnr`` (what the export needs) once the time since the
+    last write is ~39 times that write's cost. A small model on a CPU writes in milliseconds and so
+    checkpoints every improving epoch; a large one on a GPU (84 MB every 3 s) does not.
+
+    Args:
+        every_s: the most seconds between two checkpoints (0: every epoch).
+    """
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.best = -math.inf
+        self.cost = 0.0  # the last write's seconds
+        self.last = time.monotonic()
+
+    def due(self, epoch: Epoch) -> bool:
+        """Whether to write ``epoch``'s checkpoint (call :meth:`written` after writing it)."""
+        since = time.monotonic() - self.last
+        improved = epoch.metrics["val_psnr"] > self.best
+        self.best = max(self.best, epoch.metrics["val_psnr"])
+        return (epoch.final or since >= self.every_s
+                or (improved and since * CHECKPOINT_SHARE >= self.cost * (1 - CHECKPOINT_SHARE)))
+
+    def written(self, seconds: float) -> None:
+        """Record a checkpoint just written, and what it cost."""
+        self.cost, self.last = seconds, time.monotonic()
 
 
 def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,
@@ -498,10 +662,11 @@ def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int 
     trainer = Trainer(config, data, eval_noise, eval_seed, device, threads)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
-    while trainer.epoch < config.max_epochs and not trainer.budget_spent:
-        epoch = Epoch(trainer.train_epoch(), trainer)
+    while not trainer.finished:
+        metrics = trainer.train_epoch()
+        epoch = Epoch(metrics, trainer, final=trainer.finished or bool(metrics["diverged"]))
         yield epoch
-        if epoch.metrics["diverged"]:
+        if epoch.final:
             return
 
 
