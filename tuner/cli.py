@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; fractions pack trials on one GPU, e.g. 0.25 runs four per GPU")
     t.add_argument("--max-concurrent", type=_positive_int, help="trials at once (overrides budget.max_concurrent)")
     t.add_argument("--time-budget-s", type=_seconds, metavar="SECONDS",
-                   help="stop the search after this many seconds, keeping the best model so far "
-                        "(overrides budget.time_budget_s)")
+                   help="stop the search after this many seconds, keeping the best model so far; a spec "
+                        "without max_train_seconds derives each trial's training seconds and ASHA's rungs "
+                        "from it (overrides budget.time_budget_s)")
     t.add_argument("--max-failures", type=int, help="retries of a crashed trial from its last checkpoint "
                    "(overrides budget.max_failures; -1 retries forever)")
     t.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "

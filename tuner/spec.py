@@ -51,6 +51,11 @@ class TrialConfig:
     noise_kind: NoiseKind = "gaussian"  # gaussian | impulse | mask
     noise_level: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 0.5  # std, or pixel fraction
     noise_level_max: Optional[Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]] = None  # band top
+    # --- training data (tuner.train) ---
+    # each training image or crop in a random mode: none; flip (left-right, up-down, both: the picture
+    # keeps its up axis); flip_rotate (also quarter turns: all 8, DnCNN's). Photos gain from it, images
+    # with an orientation (digits: a rotated 6 is a 9) lose: a spec fixes or searches it.
+    augment: Literal["none", "flip", "flip_rotate"] = "none"
     # --- optimisation (tuner.train) ---
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adadelta"] = "adam"
     lr: Annotated[float, Field(gt=0.0, le=100.0, allow_inf_nan=False)] = 1e-3  # learning rate
@@ -132,7 +137,6 @@ class DatasetSpec(_Section):
     val_path: Optional[str] = None  # with train_path: validation images (default: val_fraction of train's)
     test_path: Optional[str] = None  # with train_path: test images (default: test_fraction of train's)
     patch_size: Annotated[int, Field(ge=4, le=1024)] = 32  # photos: side of the random training crops
-    augment: bool = True  # photos: each crop flipped / rotated by one of 8 random modes (DnCNN, KAIR)
     patches_per_epoch: Optional[Annotated[int, Field(ge=1, le=10**9)]] = None  # photos: default, the crops tiling the train images once
     channels: Optional[Literal[1, 3]] = None  # photos: grayscale (1) or RGB (3); default what the images are
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
@@ -180,24 +184,64 @@ class NoiseSpec(_Section):
         return Noise(self.kind, self.level, self.level_max, self.clip, self.quantize)
 
 
+# How budget.time_budget_s alone sizes a search (BudgetSpec._derive). A slot (one of max_concurrent)
+# that trains one trial to the end also runs, in turn, ceil(num_samples / max_concurrent) - 1 other
+# trials, each at least to ASHA's first rung before it may be stopped; so
+#   max_train_seconds * (1 + (waves - 1) / reduction_factor**FIRST_RUNG_DEPTH) = TRAINING_SHARE * time_budget_s.
+# Rungs promoted past the first are not reserved for: time_budget_s stops whatever is still running.
+TRAINING_SHARE = 0.965  # of time_budget_s, spent in training steps (train_seconds); Tune's start-up
+# (about 5 s to the first trial, docs/benchmarks.md "Orchestration overhead"), each trial's set-up and its
+# validation every epoch take the rest. 0.965 gives the 1290 s bsd68.yaml set by hand for 1680 s, 5 trials, one at a time.
+FIRST_RUNG_DEPTH = 2.5  # grace_period = max_train_seconds / reduction_factor**2.5: three rungs below max_t
+# (grace, x rf, x rf^2), the top one half a rung (sqrt(rf)) under it, so a trial that survives every rung
+# still trains sqrt(rf) times longer; bsd68.yaml's hand-set 80 s of 1290 is rf**2.53 at rf 3.
+NO_EPOCH_CAP = 100_000  # max_epochs' largest value: with the budget in seconds, epochs do not end a trial
+
+
+def _three_figures(x: float) -> float:
+    """``x`` to 3 significant figures (1290.2 -> 1290, 82.77 -> 82.8): readable in the resolved spec, never 0."""
+    return float(f"{x:.3g}")
+
+
 class BudgetSpec(_Section):
+    # One number is enough: time_budget_s alone (no max_train_seconds) puts ASHA's rungs in training
+    # seconds and derives max_train_seconds, grace_period and max_epochs from it (_derive, the constants
+    # above); a field given explicitly is kept. `--time-budget-s 600` shrinks such a search in one flag.
     num_samples: Annotated[int, Field(ge=1, le=100000)] = 8  # trials
-    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # per trial (ASHA max_t when time_attr is epoch)
+    max_epochs: Annotated[int, Field(ge=1, le=100000)] = 10  # per trial (ASHA max_t when time_attr is epoch); derived from time_budget_s: no cap
     # What ASHA's rungs count (Ray's time_attr): epoch, or train_seconds, the seconds a trial has
     # trained, so trials of different cost meet at equal compute; then max_train_seconds is max_t.
+    # Default: train_seconds when time_budget_s is given without max_epochs or max_train_seconds, else epoch.
     time_attr: Literal["epoch", "train_seconds"] = "epoch"
-    max_train_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None  # per trial, with time_attr train_seconds
-    grace_period: Annotated[float, Field(gt=0.0, le=1e7)] = 1  # ASHA: time_attr units before a trial may be stopped
+    max_train_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None  # per trial, with time_attr train_seconds; default derived from time_budget_s
+    grace_period: Annotated[float, Field(gt=0.0, le=1e7)] = 1  # ASHA: time_attr units before a trial may be stopped; derived with max_train_seconds
     reduction_factor: Annotated[float, Field(gt=1.0, le=100.0)] = 3.0  # ASHA: keep 1/rf at each rung
     max_concurrent: Annotated[int, Field(ge=1, le=10000)] = 2  # trials running at once
     keep_checkpoints: Annotated[int, Field(ge=1, le=100)] = 2  # best checkpoints kept per trial
     max_failures: Annotated[int, Field(ge=-1, le=100)] = 2  # retries of a crashed trial (-1: forever)
+    # A trial checkpoints on a new best val_psnr (when writing costs <= ~2.5% of its time), at its end,
+    # and at least every this many seconds: what a kill may lose (tuner.train.CheckpointCadence). 0: every epoch.
+    checkpoint_every_s: Annotated[float, Field(ge=0.0, le=1e7)] = 60.0
     # Wall-clock limit of the search (Ray Tune's time_budget_s): when it is spent, running trials stop
     # where they are (told to Optuna as PRUNED), no new ones start, and the best model so far is exported.
     time_budget_s: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None
 
     @model_validator(mode="after")
-    def _grace(self) -> "BudgetSpec":
+    def _derive(self) -> "BudgetSpec":
+        """Derive what time_budget_s implies, once, at load time; then check the budget is consistent."""
+        given = set(self.model_fields_set)  # what the spec set, before the assignments below add to it
+        in_seconds = (self.time_attr == "train_seconds" if "time_attr" in given else "max_epochs" not in given)
+        derived = self.time_budget_s is not None and self.max_train_seconds is None and in_seconds
+        if derived:
+            self.time_attr = "train_seconds"
+            waves = math.ceil(self.num_samples / self.max_concurrent)  # trials a slot runs in turn
+            first_rung = self.reduction_factor ** FIRST_RUNG_DEPTH  # max_t / grace_period
+            max_t = TRAINING_SHARE * self.time_budget_s / (1 + (waves - 1) / first_rung)
+            self.max_train_seconds = _three_figures(max_t)
+            if "grace_period" not in given:
+                self.grace_period = _three_figures(max_t / first_rung)
+            if "max_epochs" not in given:
+                self.max_epochs = NO_EPOCH_CAP
         if self.time_attr == "epoch":
             if self.max_train_seconds is not None:
                 raise ValueError("max_train_seconds needs time_attr train_seconds (the budget is in epochs now)")
@@ -205,10 +249,14 @@ class BudgetSpec(_Section):
                 raise ValueError(f"grace_period {self.grace_period:g}: counts epochs under time_attr epoch, a whole number")
             self.grace_period = int(self.grace_period)
         elif self.max_train_seconds is None:
-            raise ValueError("time_attr train_seconds needs max_train_seconds: the training seconds of a trial "
-                             "that runs to the end")
+            raise ValueError("time_attr train_seconds needs max_train_seconds (the training seconds of a trial "
+                             "that runs to the end) or time_budget_s (the search's seconds, to derive it from)")
         if self.grace_period > self.max_t:
-            raise ValueError(f"grace_period {self.grace_period:g} > {self.max_t_key} {self.max_t:g}")
+            source = f" (derived from time_budget_s {self.time_budget_s:g})" if derived else ""
+            raise ValueError(f"grace_period {self.grace_period:g} > {self.max_t_key} {self.max_t:g}{source}")
+        # model_fields_set stays what the spec set (pydantic's model_construct sets it the same way), so
+        # that an override (ExperimentSpec.with_overrides) derives the other fields again.
+        object.__setattr__(self, "__pydantic_fields_set__", given)
         return self
 
     @property
@@ -335,6 +383,23 @@ class ExperimentSpec(_Section):
     search: dict[str, Distribution] = {}  # hyperparameters searched
     start_from: list[dict[str, Any]] = []  # known-good (partial) configurations, tried first, in order
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_augment(cls, data: Any) -> Any:
+        """Specs (and saved runs) from before ``augment`` was a hyperparameter said
+        ``dataset.augment: true/false``: that is ``fixed.augment: flip_rotate/none`` now."""
+        if not (isinstance(data, dict) and isinstance(data.get("dataset"), dict) and "augment" in data["dataset"]):
+            return data
+        data = {**data, "dataset": dict(data["dataset"])}
+        value = data["dataset"].pop("augment")
+        if not isinstance(value, bool):
+            raise ValueError(f"dataset.augment: {value!r}; augment is a hyperparameter now: "
+                             f"fixed.augment or search.augment, one of none, flip, flip_rotate")
+        if "augment" in (data.get("fixed") or {}) or "augment" in (data.get("search") or {}):
+            raise ValueError("dataset.augment: give augment once, in fixed or search (none, flip, flip_rotate)")
+        data["fixed"] = {**(data.get("fixed") or {}), "augment": "flip_rotate" if value else "none"}
+        return data
+
     @property
     def image_shape(self) -> Optional[tuple[int, int, int]]:
         """(C, H, W) when known without reading data, else None."""
@@ -363,14 +428,18 @@ class ExperimentSpec(_Section):
         return space
 
     def to_yaml(self) -> str:
-        """The resolved spec as YAML that :func:`load_spec` reads back."""
+        """The resolved spec as YAML that :func:`load_spec` reads back: budget fields derived from
+        ``time_budget_s`` are written as numbers, so a resumed run keeps them."""
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
     def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
         """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
         ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, and the photo
-        folders ``path``, ``train_path``, ``val_path``, ``test_path``); None means keep."""
+        folders ``path``, ``train_path``, ``val_path``, ``test_path``); None means keep. Budget fields
+        derived from ``time_budget_s`` are derived again from the overridden numbers."""
         data = self.model_dump(exclude_none=True)  # None is every optional field's default
+        # Only what the spec set: derived fields, dumped too, would come back as explicit and not follow.
+        data["budget"] = self.budget.model_dump(exclude_unset=True, exclude_none=True)
         for key, value in overrides.items():
             if value is None:
                 continue
