@@ -297,7 +297,31 @@ def test_paths_in_setup_commands_are_mounted(config):
 def test_nodes_install_the_ray_version_that_validated_this_file(config):
     pins = {m for c in config["setup_commands"] for m in re.findall(r"ray\[[\w,]*\]==([\w.]+)", c)}
     assert pins == {ray.__version__}, f"cluster installs Ray {pins}, this checkout runs {ray.__version__}"
+    assert pins == {constraints()["ray"]}, f"cluster installs Ray {pins}, constraints.txt pins {constraints()['ray']}"
     assert any("ray[default" in c for c in config["setup_commands"])  # dashboard + job API
+
+
+def test_every_install_on_the_nodes_uses_the_constraints(config):
+    """The nodes get the versions the README's install and CI get: each ``pip install`` goes
+    through the constraints.txt that file_mounts copies with the project."""
+    assert config["file_mounts"].get(f"{REMOTE_ROOT}/constraints.txt") == "./constraints.txt"
+    installs = [argv for c in cluster_commands(config) for argv in _pip_installs(c)]
+    assert installs, "cluster.yaml installs nothing"
+    for argv in installs:
+        assert option(argv, "-c") == f"{REMOTE_ROOT}/constraints.txt", f"unconstrained: {shlex.join(argv)}"
+
+
+def _pip_installs(command: str) -> list[list[str]]:
+    """The arguments after ``pip install`` (pip's or uv's) in a shell command."""
+    tokens = shlex.split(command, comments=True)
+    return [tokens[i + 2:] for i, tok in enumerate(tokens)
+            if Path(tok).name in ("pip", "pip3") and tokens[i + 1:i + 2] == ["install"]]
+
+
+def constraints() -> dict[str, str]:
+    """constraints.txt as {name: pinned version} (the file's lines are ``name==version``)."""
+    lines = (line.split("#", 1)[0].strip() for line in (ROOT / "constraints.txt").read_text().splitlines())
+    return dict(line.lower().split("==", 1) for line in lines if line)
 
 
 def test_every_command_the_cluster_runs_exists(config):

@@ -12,9 +12,12 @@ import yaml
 from PIL import Image
 
 from tuner.cli import main
-from tuner.report import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, trial_status, write_report
+from tuner.report import COMPLETED, DIVERGED, ERRORED, STOPPED, TIME_BUDGET, UNFINISHED, trial_status, write_report
+from tuner.report.page import render
+from tuner.report.run import (TrialSummary, asha_rungs, compute_saved, ended_by_time_budget, rung_decisions,
+                              trial_outcome, write_trials_csv)
 from tuner.search import SearchError, run_search
-from tuner.spec import load_spec
+from tuner.spec import BudgetSpec, ExperimentSpec, load_spec
 from tuner.train import METRIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +172,13 @@ def test_asha_stopped_a_trial_and_the_savings_add_up(tiny):
     rows = _rows(result.run_dir)
     statuses = [r["status"] for r in rows]
     assert STOPPED in statuses  # reduction_factor 2 over 4 trials: ASHA must cut someone
+    # What tells ASHA's stops from the time budget's (ended_by_time_budget): Ray marks the result
+    # its scheduler stopped a trial on `done`, and that result is one ASHA judged at a rung.
+    for r in result.results:
+        df = r.metrics_dataframe
+        if int(df["epoch"].iloc[-1]) < spec.budget.max_epochs and not int(df["diverged"].iloc[-1]):
+            assert bool(df["done"].iloc[-1]), r.metrics["trial_id"]
+            assert rung_decisions(list(df["epoch"]), asha_rungs(spec.budget))[-1] is not None
     summary = json.loads((index.parent / "summary.json").read_text())
     c = summary["compute"]
     run = sum(int(r["epochs"]) for r in rows)
@@ -248,6 +258,127 @@ def test_trial_status_rules():
     assert trial_status("TERMINATED", 3, False, True, 3) == COMPLETED  # crashed once, Ray restarted it
     assert trial_status("RUNNING", 1, False, False, 3) == UNFINISHED
     assert trial_status("PENDING", 1, False, True, 3) == ERRORED
+    assert trial_status("TERMINATED", 1, False, False, 3, out_of_time=True) == TIME_BUDGET
+    assert trial_status("TERMINATED", 3, False, False, 3, out_of_time=True) == COMPLETED  # it had reached max_t
+    assert trial_status("TERMINATED", 2, True, False, 3, out_of_time=True) == DIVERGED
+
+
+# ----------------------------------------------------------------------------- the time budget
+
+# search_spaces/bsd68.yaml's budget: 28 minutes for the search, ASHA over training seconds.
+BSD68_BUDGET = dict(time_budget_s=1680, time_attr="train_seconds", max_train_seconds=1290, grace_period=80,
+                    reduction_factor=3, max_epochs=100000, num_samples=5, max_concurrent=1)
+
+
+def _seconds(last: float, step: float = 31.0) -> list[float]:
+    """A trial's train_seconds at the end of each epoch: one epoch every ``step`` s up to ``last``."""
+    n = max(1, round(last / step))
+    return [last * (i + 1) / n for i in range(n)]
+
+
+def test_asha_rungs_and_where_asha_judges_a_trial():
+    budget = BudgetSpec(**BSD68_BUDGET)
+    rungs = asha_rungs(budget)
+    assert rungs == [80, 240, 720]  # bsd68.yaml's comment: grace_period * reduction_factor**k < max_t
+    assert rung_decisions([31, 62, 93, 124, 217, 248, 279], rungs) == [None, None, 80, None, None, 240, None]
+    # One result past two rungs is judged at the higher; the next one at the lower (Ray's _Bracket).
+    assert rung_decisions([50, 250, 260, 270], rungs) == [None, 240, 80, None]
+    assert rung_decisions([], rungs) == []
+
+
+def test_a_trial_the_time_budget_ended_is_not_one_asha_stopped():
+    """The 30-minute bsd68 run: the first trial trained its 1,290 s; the second had passed the
+    80-s and 240-s rungs and was at 310 s when the search's 1,680 s ran out."""
+    budget = BudgetSpec(**BSD68_BUDGET)
+
+    def status(progress, done, ray_status="TERMINATED", error=False, epochs=None, max_epochs=None):
+        epochs = epochs or list(range(1, len(progress) + 1))  # one result per epoch
+        return trial_outcome(budget, ray_status, epochs=epochs, progress=progress, done=done, diverged=False,
+                             has_error=error, max_epochs=max_epochs)
+
+    assert status(_seconds(1290), done=True) == COMPLETED
+    assert status(_seconds(310), done=False) == TIME_BUDGET  # bsd68's second trial
+    assert status(_seconds(248), done=True) == STOPPED  # ASHA cut it on reaching the 240-s rung
+    # It reached the rung, ASHA let it go on, and the budget ran out before its next epoch.
+    assert status(_seconds(248), done=False) == TIME_BUDGET
+    assert status([], done=None) == TIME_BUDGET  # created, waiting for a CPU, when the time ran out
+    assert status([], done=None, error=True) == ERRORED
+    assert status(_seconds(310), done=False, ray_status="RUNNING") == UNFINISHED  # interrupted, resumable
+    # A trial ends itself at its max_epochs too, whichever comes first (Ray logs no `done` then).
+    assert status(_seconds(310), done=False, max_epochs=10) == COMPLETED
+    assert status(_seconds(310), done=False, max_epochs=11) == TIME_BUDGET
+    # Results that do not record `done`: only a stop where ASHA judged the trial can be ASHA's.
+    assert status(_seconds(248), done=None) == STOPPED
+    assert status(_seconds(310), done=None) == TIME_BUDGET
+    # Without a time budget nothing is put down to it.
+    no_budget = BudgetSpec(**{**BSD68_BUDGET, "time_budget_s": None})
+    assert not ended_by_time_budget(no_budget, "TERMINATED", _seconds(310), False)
+    assert not ended_by_time_budget(no_budget, "TERMINATED", [], None)
+
+
+def _bsd68_like() -> tuple[ExperimentSpec, list[TrialSummary]]:
+    """A spec with bsd68's budget and the two trials of its 30-minute run, written by hand."""
+    spec = ExperimentSpec.model_validate({
+        "name": "bsd68-like", "dataset": {"name": "digits"}, "eval_noise": {"kind": "gaussian", "level": 0.3},
+        "budget": BSD68_BUDGET, "search": {"lr": {"loguniform": [5.0e-4, 2.0e-3]}, "loss": {"choice": ["mse", "l1"]}},
+    })
+
+    def trial(trial_id, last, status, lr, loss, psnr):
+        progress = _seconds(last)
+        curve = [(x, psnr - 2 + 2 * x / last, False) for x in progress]  # climbing to `psnr`
+        return TrialSummary(trial_id=trial_id, config={"lr": lr, "loss": loss}, status=status,
+                            ray_status="TERMINATED", epochs=len(curve), best_val_psnr=psnr, best_epoch=len(curve),
+                            curve=curve, seconds=last * 1.05, progress=last, best_at=last)
+
+    return spec, [trial("a", 1290.0, COMPLETED, 1.0e-3, "mse", 29.1), trial("b", 310.0, TIME_BUDGET, 1.6e-3, "l1", 27.9)]
+
+
+def test_the_time_budget_is_counted_and_shown_as_such(tmp_path):
+    spec, trials = _bsd68_like()
+    c = compute_saved(trials, spec.budget.max_t)
+    assert (c.epochs_run, c.epochs_full) == (1600, 2580)  # training seconds, as time_attr counts
+    assert (c.saved_by_asha, c.saved_by_time_budget, c.saved_other) == (0, 980, 0)
+
+    out = tmp_path / "report"
+    out.mkdir()
+    html, summary = render(str(tmp_path), spec, trials, None, out)
+    page = _Page()
+    page.feed(html)
+    header = " ".join(html.split('<p class="sub">')[1].split("</p>")[0].split())
+    assert "2 trials, up to 1,290 training seconds each" in header
+    assert "epochs" not in header
+    compute = " ".join(page.text["compute"].split())
+    assert "0 because ASHA stopped trials early" in compute
+    assert "980 because the search's time budget (1,680 s) ended trials that were still running" in compute
+    assert "0 because trials diverged" in compute
+    assert "ended by the time budget" in page.text["trials"] and "stopped early" not in page.text["trials"]
+    assert summary["statuses"][TIME_BUDGET] == 1 and summary["statuses"][STOPPED] == 0
+    assert summary["compute"]["saved_by_time_budget"] == 980 and summary["compute"]["saved_by_asha"] == 0
+    assert any("time budget" in n and "3 of the 5 trials never started" in n for n in summary["checks"])
+    write_trials_csv(trials, spec, out / "trials.csv")
+    assert {r["trial_id"]: r["status"] for r in _rows(str(tmp_path))} == {"a": COMPLETED, "b": TIME_BUDGET}
+
+
+def test_a_real_search_cut_by_its_time_budget(tmp_path):
+    """Real Ray Tune: one trial with far more training seconds to go than the search has time, so
+    the time budget, not ASHA, ends it; Ray's own records must say so to the report."""
+    spec_file = tmp_path / "budget.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "budget", "seed": 0, "dataset": {"name": "digits"},
+        "eval_noise": {"kind": "gaussian", "level": 0.3},
+        "budget": {"num_samples": 2, "max_concurrent": 1, "time_attr": "train_seconds", "max_epochs": 100000,
+                   "max_train_seconds": 3600, "grace_period": 1, "reduction_factor": 3, "time_budget_s": 30},
+        "fixed": {"width": 8, "depth": 1, "latent_dim": 8, "batch_size": 64, "skip": True},
+        "search": {"lr": {"loguniform": [1.0e-3, 1.0e-2]}},
+    }))
+    result = run_search(load_spec(spec_file), storage=str(tmp_path / "runs"), verbose=0)
+    index = write_report(result.run_dir)
+    rows = _rows(result.run_dir)
+    assert [r["status"] for r in rows] == [TIME_BUDGET]  # the second trial never started
+    summary = json.loads((index.parent / "summary.json").read_text())
+    c = summary["compute"]
+    assert c["saved_by_asha"] == 0 and c["saved_by_time_budget"] == pytest.approx(c["epochs_full"] - c["epochs_run"])
+    assert "up to 3,600 training seconds each" in " ".join(index.read_text().split())
 
 
 def test_not_a_run_folder(tmp_path):

@@ -6,7 +6,8 @@
 
 - ``index.html``: a self-contained page (inline CSS, PNG figures beside it);
 - ``trials.csv``: one row per trial with its hyperparameters, epochs, best ``val_psnr`` and
-  status (``completed``, ``stopped early`` by ASHA, ``diverged``, ``errored``);
+  status (``completed``, ``stopped early`` by ASHA, ``ended by the time budget`` of the search,
+  ``diverged``, ``errored``, ``unfinished``);
 - ``summary.json``: the page's headline numbers, for scripts.
 
 The page answers, in order: how good is the best model and how sure are we (test PSNR against
@@ -31,12 +32,13 @@ import yaml
 
 from tuner.report.best import load_best
 from tuner.report.page import render
-from tuner.report.run import (COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, load_trials, trial_status,
-                              write_trials_csv)
+from tuner.report.run import (COMPLETED, DIVERGED, ERRORED, STOPPED, TIME_BUDGET, UNFINISHED, load_trials,
+                              trial_status, write_trials_csv)
 from tuner.spec import ExperimentSpec
 from tuner.storage import SPEC_FILE, is_uri, join, read_file, write
 
-__all__ = ["write_report", "trial_status", "COMPLETED", "STOPPED", "DIVERGED", "ERRORED", "UNFINISHED"]
+__all__ = ["write_report", "trial_status", "COMPLETED", "STOPPED", "TIME_BUDGET", "DIVERGED", "ERRORED",
+           "UNFINISHED"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def write_report(run_dir: str) -> Path:
     for stale in out.glob("*.png"):  # figures of an earlier report that this one may not draw
         stale.unlink()
 
-    trials = load_trials(run_dir, spec.budget.max_t, spec.budget.time_attr)
+    trials = load_trials(run_dir, spec.budget)
     write_trials_csv(trials, spec, out / "trials.csv")
     best = load_best(run_dir)
     page, summary = render(run_dir, spec, trials, best, out)

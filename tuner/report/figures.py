@@ -16,7 +16,8 @@ import torch
 from matplotlib.figure import Figure
 
 from tuner.report.best import SAMPLE, BestModel
-from tuner.report.run import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, TrialSummary, fanova
+from tuner.report.run import (COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, TIME_BUDGET, UNFINISHED, TrialSummary,
+                              asha_rungs, fanova)
 from tuner.spec import ExperimentSpec, TrialConfig
 from tuner.train import METRIC
 
@@ -27,6 +28,7 @@ DPI = 110
 STYLE = {
     COMPLETED: dict(color="#4c72b0", ls="-", marker=None),
     STOPPED: dict(color="#9a9a9a", ls="-", marker="x"),
+    TIME_BUDGET: dict(color="#937860", ls="-", marker="|"),  # cut off where the search's time ran out
     DIVERGED: dict(color="#c44e52", ls="--", marker="X"),
     ERRORED: dict(color="#dd8452", ls=":", marker="s"),
     UNFINISHED: dict(color="#8172b3", ls="-.", marker=">"),
@@ -37,16 +39,6 @@ BEST_COLOR = "#2ca02c"
 def _save(fig: Figure, out: Path, name: str) -> str:
     fig.savefig(out / name, dpi=DPI)
     return name
-
-
-def _asha_rungs(spec: ExperimentSpec) -> list[float]:
-    """Where ASHA compares trials, in ``time_attr`` units (Ray's ``_Bracket`` milestones below ``max_t``)."""
-    b = spec.budget
-    rungs, t = [], float(b.grace_period)
-    while t < b.max_t:
-        rungs.append(t)
-        t *= b.reduction_factor
-    return rungs
 
 
 def plot_learning_curves(trials: list[TrialSummary], spec: ExperimentSpec, best_id: Optional[str],
@@ -80,7 +72,7 @@ def plot_learning_curves(trials: list[TrialSummary], spec: ExperimentSpec, best_
         if is_best and t.best_epoch:
             ax.plot(t.best_at, t.best_val_psnr, marker="*", color=BEST_COLOR, ms=15, mec="black",
                     mew=0.6, zorder=5)
-    for r in _asha_rungs(spec):
+    for r in asha_rungs(spec.budget):
         ax.axvline(r, color="#bbbbbb", lw=0.8, ls=(0, (2, 3)), zorder=1)
     if baseline is not None:
         ax.axhline(baseline, color="black", lw=1, ls=(0, (5, 3)), zorder=1)
@@ -101,7 +93,7 @@ def plot_learning_curves(trials: list[TrialSummary], spec: ExperimentSpec, best_
             s = STYLE[status]
             handles.append(Line2D([], [], color=s["color"], ls=s["ls"], marker=s["marker"], mew=2,
                                   label=f"{status} ({n})"))
-    if _asha_rungs(spec):
+    if asha_rungs(spec.budget):
         handles.append(Line2D([], [], color="#bbbbbb", lw=0.8, ls=(0, (2, 3)), label="ASHA rung"))
     if baseline is not None:
         handles.append(Line2D([], [], color="black", lw=1, ls=(0, (5, 3)), label="noisy input"))

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from tuner.report import figures
 from tuner.report.best import SAMPLE, BestModel, noise_sweep, sweep_sample
 from tuner.report.figures import STYLE
-from tuner.report.run import (DIVERGED, ERRORED, STATUSES, UNFINISHED, TrialSummary, compute_saved, fanova,
-                              importance_study, ranked)
+from tuner.report.run import (DIVERGED, ERRORED, STATUSES, TIME_BUDGET, UNFINISHED, TrialSummary, compute_saved,
+                              fanova, importance_study, ranked)
 from tuner.spec import ExperimentSpec
 from tuner.storage import join
 from tuner.train import METRIC
@@ -42,10 +42,10 @@ def render(run_dir: str, spec: ExperimentSpec, trials: list[TrialSummary], best:
     page = dict(
         metric=METRIC, name=spec.name, dataset=data, noise=e.noise().describe(),
         n_trials=len(trials), generated=datetime.now().strftime("%Y-%m-%d %H:%M"),
-        result=_result(best, best_id, test_psnr), checks=_checks(trials, best, test_psnr),
+        result=_result(best, best_id, test_psnr), checks=_checks(trials, spec, best, test_psnr),
         compute={**dataclasses.asdict(compute), "saved_pct": compute.saved_pct},
-        budget=dict(max_epochs=b.max_t, grace_period=b.grace_period, reduction_factor=b.reduction_factor,
-                    unit="epochs" if b.time_attr == "epoch" else "training seconds"),
+        budget=dict(max_t=b.max_t, grace_period=b.grace_period, reduction_factor=b.reduction_factor,
+                    unit=_unit(b.time_attr), time_budget_s=b.time_budget_s),
         config=_best_config(spec, best, run_dir),
         curves=dict(src=figures.plot_learning_curves(trials, spec, best_id, baseline, out),
                     present=sorted({t.status for t in trials}), best_id=best_id),
@@ -78,6 +78,7 @@ def _template():
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = _fmt
+    env.filters["amount"] = _amount
     return env.get_template(TEMPLATE)
 
 
@@ -86,6 +87,17 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if math.isfinite(v) else "-"
     return str(v)
+
+
+def _amount(v: float) -> str:
+    """A budget in prose: whole numbers with thousands separators (1,290), others as they are (0.5)."""
+    v = float(v)
+    return f"{v:,.0f}" if v.is_integer() else f"{v:,g}"
+
+
+def _unit(time_attr: str) -> str:
+    """What ``budget.time_attr`` counts, in words."""
+    return "epochs" if time_attr == "epoch" else "training seconds"
 
 
 def _finite(x: float) -> Optional[float]:
@@ -159,10 +171,19 @@ def _trials_table(trials: list[TrialSummary], spec: ExperimentSpec, best_id: Opt
     return dict(params=params, rows=rows, errors=any(t.error for t in trials))
 
 
-def _checks(trials: list[TrialSummary], best: Optional[BestModel], test_psnr: Optional[float]) -> list[str]:
+def _checks(trials: list[TrialSummary], spec: ExperimentSpec, best: Optional[BestModel],
+            test_psnr: Optional[float]) -> list[str]:
     """Plain-language warnings about what in this run deserves a second look (`x` marks code)."""
     notes = []
     n = {s: sum(t.status == s for t in trials) for s in STATUSES}
+    b = spec.budget
+    if n[TIME_BUDGET]:
+        unstarted = b.num_samples - len(trials) if spec.search else 0
+        notes.append(f"The search's time budget (`budget.time_budget_s`: {_amount(b.time_budget_s)} s) ran out "
+                     f"while {n[TIME_BUDGET]} trial(s) were still running or waiting: they ended there, short of "
+                     f"{b.max_t_key} ({_amount(b.max_t)} {_unit(b.time_attr)}), so their scores are not "
+                     f"full-length ones" + (f", and {unstarted} of the {b.num_samples} trials never started."
+                                            if unstarted > 0 else "."))
     if n[ERRORED]:
         notes.append(f"{n[ERRORED]} trial(s) errored; their `error.txt` is in the run folder.")
     if n[DIVERGED]:
@@ -191,7 +212,7 @@ def _checks(trials: list[TrialSummary], best: Optional[BestModel], test_psnr: Op
     winner = next((t for t in trials if t.trial_id == m.get("trial_id")), None)
     if winner and len(winner.curve) >= 2 and winner.curve[-1][1] - winner.curve[-2][1] > 0.1:
         notes.append(f"The best trial was still improving at its last epoch "
-                     f"(+{winner.curve[-1][1] - winner.curve[-2][1]:.2f} dB): a larger max_epochs may help.")
+                     f"(+{winner.curve[-1][1] - winner.curve[-2][1]:.2f} dB): a larger {b.max_t_key} may help.")
     if len(trials) < 10:
         notes.append(f"Only {len(trials)} trials: treat the hyperparameter importances as a rough hint.")
     return notes

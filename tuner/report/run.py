@@ -12,16 +12,17 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from tuner.storage import STUDY_FILE
-from tuner.spec import HYPERPARAMETERS, Distribution, ExperimentSpec
+from tuner.spec import HYPERPARAMETERS, BudgetSpec, Distribution, ExperimentSpec
 from tuner.train import METRIC
 
 log = logging.getLogger(__name__)
 
 COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
-STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
+TIME_BUDGET = "ended by the time budget"  # still running when budget.time_budget_s ran out
+STATUSES = (COMPLETED, STOPPED, TIME_BUDGET, DIVERGED, ERRORED, UNFINISHED)
 
 
 @dataclass
@@ -31,7 +32,8 @@ class TrialSummary:
     Attributes:
         trial_id: Ray Tune's trial id.
         config: the trial's Tune config (fixed and searched hyperparameters).
-        status: ``completed``, ``stopped early``, ``diverged``, ``errored`` or ``unfinished``.
+        status: ``completed``, ``stopped early`` (by ASHA, at a rung), ``ended by the time budget``,
+            ``diverged``, ``errored`` or ``unfinished``.
         ray_status: Ray Tune's own status (TERMINATED, ERROR, ...).
         epochs: the last epoch it reported (0 when it reported none).
         best_val_psnr: its best ``val_psnr`` (a diverged epoch counts as
@@ -61,19 +63,20 @@ class TrialSummary:
     best_at: float = 0
 
 
-def load_trials(run_dir: str, max_t: float, time_attr: str = "epoch") -> list[TrialSummary]:
+def load_trials(run_dir: str, budget: BudgetSpec) -> list[TrialSummary]:
     """Read every trial of a run from Ray Tune's experiment state and result files.
 
     Args:
         run_dir: the run folder (local path or URI).
-        max_t: the budget a trial that ran to the end reached (``budget.max_t``).
-        time_attr: what the budget counts: ``epoch`` or ``train_seconds`` (``budget.time_attr``).
+        budget: the run's budget (its spec's): ``max_t`` in ``time_attr`` units (epochs or training
+            seconds), ASHA's rungs and the search's ``time_budget_s``.
 
     Returns:
         The trials in the order Ray Tune created them.
     """
     from ray.tune import ExperimentAnalysis
 
+    time_attr = budget.time_attr
     analysis = ExperimentAnalysis(run_dir)
     frames = analysis.trial_dataframes
     trials = []
@@ -97,16 +100,52 @@ def load_trials(run_dir: str, max_t: float, time_attr: str = "epoch") -> list[Tr
         seconds = float(df["time_total_s"].iloc[-1]) if curve and "time_total_s" in df else 0.0
         epochs = epoch_of[-1] if curve else 0
         progress = curve[-1][0] if curve else 0
-        limit = int(t.config.get("max_epochs", max_t)) if time_attr == "epoch" else max_t
+        status = trial_outcome(budget, t.status, epochs=epoch_of, progress=[x for x, _, _ in curve],
+                               done=_last_flag(df, "done") if curve else None, diverged=bool(curve and curve[-1][2]),
+                               has_error=bool(error), max_epochs=t.config.get("max_epochs"))
         trials.append(TrialSummary(
-            trial_id=t.trial_id, config=dict(t.config), ray_status=t.status,
-            status=trial_status(t.status, progress, bool(curve and curve[-1][2]), bool(error), limit),
+            trial_id=t.trial_id, config=dict(t.config), ray_status=t.status, status=status,
             epochs=epochs, best_val_psnr=best_psnr, best_epoch=best_epoch, curve=curve,
             seconds=seconds, failures=int(t.num_failures), error=error, progress=progress, best_at=best_at))
     return trials
 
 
-def trial_status(ray_status: str, epochs: int, diverged: bool, has_error: bool, max_epochs: int) -> str:
+def trial_outcome(budget: BudgetSpec, ray_status: str, *, epochs: Sequence[int], progress: Sequence[float],
+                  done: Optional[bool], diverged: bool, has_error: bool, max_epochs: Optional[int] = None) -> str:
+    """How a trial ended (:func:`trial_status`), from what its run folder records.
+
+    Args:
+        budget: the run's budget.
+        ray_status: Ray Tune's status of the trial.
+        epochs: the ``epoch`` of each of its results, in order.
+        progress: the ``budget.time_attr`` value of each result (the epoch, or the training seconds).
+        done: ``done`` of its last result (None when the results do not record it).
+        diverged: its last result has ``diverged == 1``.
+        has_error: Ray recorded an error for it.
+        max_epochs: its own ``max_epochs`` (its config's), if not the budget's.
+    """
+    cap = int(max_epochs or budget.max_epochs)
+    position = progress[-1] if len(progress) else 0
+    # A trial stops itself when its budget is spent (tuner.train.Trainer.finished): max_epochs
+    # epochs, or under a budget in seconds max_train_seconds or max_epochs, whichever comes first.
+    if budget.time_attr == "epoch":
+        limit = cap
+    else:
+        limit = position if len(epochs) and epochs[-1] >= cap else budget.max_t
+    return trial_status(ray_status, position, diverged, has_error, limit,
+                        ended_by_time_budget(budget, ray_status, progress, done, has_error))
+
+
+def _last_flag(df, column: str) -> Optional[bool]:
+    """A boolean column's last value; None when the column or its value is missing."""
+    if column not in df:
+        return None
+    v = df[column].iloc[-1]
+    return None if v is None or v != v else bool(v)  # v != v: NaN
+
+
+def trial_status(ray_status: str, epochs: float, diverged: bool, has_error: bool, max_epochs: float,
+                 out_of_time: bool = False) -> str:
     """How a trial ended, in the report's words.
 
     A trial Ray restarted after a crash and that then ran on normally is judged by how it
@@ -114,22 +153,91 @@ def trial_status(ray_status: str, epochs: int, diverged: bool, has_error: bool, 
 
     Args:
         ray_status: Ray Tune's status (``TERMINATED``, ``ERROR``, ``RUNNING``, ``PENDING``, ``PAUSED``).
-        epochs: the last epoch it reported.
+        epochs: the last budget position it reported (epochs, or training seconds: ``budget.time_attr``).
         diverged: its last result has ``diverged == 1``.
         has_error: Ray recorded an error (``error.txt``) for it.
-        max_epochs: its epoch budget.
+        max_epochs: its budget, in the same units.
+        out_of_time: the search's time budget ended it (:func:`ended_by_time_budget`), not ASHA.
 
     Returns:
-        ``completed``, ``stopped early``, ``diverged``, ``errored`` or ``unfinished``.
+        ``completed``, ``stopped early``, ``ended by the time budget``, ``diverged``, ``errored`` or
+        ``unfinished``.
     """
-    if ray_status == "ERROR" or (has_error and ray_status != "TERMINATED") or (
-            ray_status == "TERMINATED" and epochs == 0):
+    if ray_status == "ERROR" or (has_error and ray_status != "TERMINATED"):
         return ERRORED
+    if ray_status == "TERMINATED" and epochs == 0:  # ended without one result
+        return TIME_BUDGET if out_of_time else ERRORED  # ...waiting to start, or crashed before one
     if diverged:
         return DIVERGED
     if ray_status != "TERMINATED":
         return UNFINISHED  # the search was interrupted; `tuner tune --resume` continues it
-    return COMPLETED if epochs >= max_epochs else STOPPED  # epochs and max_epochs: in budget units
+    if epochs >= max_epochs:  # epochs and max_epochs: in budget units
+        return COMPLETED
+    return TIME_BUDGET if out_of_time else STOPPED
+
+
+def asha_rungs(budget: BudgetSpec) -> list[float]:
+    """Where ASHA compares trials, in ``time_attr`` units: ``grace_period * reduction_factor**k``
+    below ``max_t`` (Ray's ``_Bracket`` milestones, ray/tune/schedulers/async_hyperband.py)."""
+    rungs, k = [], 0
+    while budget.grace_period * budget.reduction_factor ** k < budget.max_t:  # Ray's arithmetic, to the bit
+        rungs.append(budget.grace_period * budget.reduction_factor ** k)
+        k += 1
+    return rungs
+
+
+def rung_decisions(progress: Sequence[float], rungs: Sequence[float]) -> list[Optional[float]]:
+    """The rung ASHA judged a trial at on each of its results, None where it judged nothing.
+
+    Ray's ``_Bracket.on_result``: each result is judged at the highest rung it has reached and
+    the trial has not been judged at yet, if any; there ASHA stops the trial when its score is
+    below the rung's cutoff. So ASHA can have stopped a trial only on a result judged here.
+
+    Args:
+        progress: the trial's ``time_attr`` value of each result, in order.
+        rungs: :func:`asha_rungs`.
+    """
+    judged: set[float] = set()
+    out: list[Optional[float]] = []
+    for x in progress:
+        rung = next((r for r in sorted(rungs, reverse=True) if x >= r and r not in judged), None)
+        if rung is not None:
+            judged.add(rung)
+        out.append(rung)
+    return out
+
+
+def ended_by_time_budget(budget: BudgetSpec, ray_status: str, progress: Sequence[float],
+                         done: Optional[bool], has_error: bool = False) -> bool:
+    """Whether the search's time budget (``budget.time_budget_s``), not ASHA, ended a trial.
+
+    When the budget runs out Ray Tune stops every trial still running or waiting
+    (``TuneController._stop_experiment_if_needed``): they end ``TERMINATED`` like the trials ASHA
+    stopped, and the Optuna study marks them ``PRUNED`` like those too. What tells them apart is
+    the trial's last result: ASHA stops a trial on a result it judges at a rung
+    (:func:`rung_decisions`), and Ray marks that result ``done`` (``_process_trial_result``:
+    ``result.update(done=True)`` on the scheduler's STOP, before ``result.json`` is written). A
+    trial the time budget stopped from outside has ``done`` false on its last result, or reported
+    none; where the results do not record ``done``, a last result that ASHA did not judge at a
+    rung is the sign.
+
+    A trial that ended itself also logs no ``done``: one that reached ``max_t`` or its
+    ``max_epochs`` is ``completed`` whatever this says (:func:`trial_outcome`).
+
+    Args:
+        budget: the run's budget.
+        ray_status: Ray Tune's status of the trial.
+        progress: its ``time_attr`` value of each result, in order.
+        done: ``done`` of its last result (None when the results do not record it).
+        has_error: Ray recorded an error for it.
+    """
+    if not budget.time_budget_s or ray_status != "TERMINATED":
+        return False
+    if not len(progress):
+        return not has_error  # stopped while it waited to start
+    if done is not None:
+        return not done
+    return rung_decisions(progress, asha_rungs(budget))[-1] is None
 
 
 def ranked(trials: list[TrialSummary]) -> list[TrialSummary]:
@@ -164,12 +272,14 @@ def _num(x: float) -> str:
 
 @dataclass
 class Compute:
-    """Epochs run against the epochs a search without early stopping would have run."""
+    """The budget run against what a search without early stopping would have run, in
+    ``budget.time_attr`` units (epochs, or training seconds; the field names say epochs)."""
 
-    epochs_run: int
-    epochs_full: int
-    saved_by_asha: int  # epochs the stopped-early trials did not run
-    saved_other: int  # epochs diverged, errored or unfinished trials did not run
+    epochs_run: float
+    epochs_full: float
+    saved_by_asha: float  # what the trials ASHA stopped at a rung did not run
+    saved_by_time_budget: float  # what the trials the search's time budget ended did not run
+    saved_other: float  # what diverged, errored or unfinished trials did not run
     seconds: float
 
     @property
@@ -182,9 +292,10 @@ def compute_saved(trials: list[TrialSummary], max_t: float) -> Compute:
     units (epochs, or training seconds)."""
     left = {t.trial_id: max(0, max_t - t.progress) for t in trials}
     asha = sum(left[t.trial_id] for t in trials if t.status == STOPPED)
+    out_of_time = sum(left[t.trial_id] for t in trials if t.status == TIME_BUDGET)
     return Compute(epochs_run=sum(t.progress for t in trials), epochs_full=len(trials) * max_t,
-                   saved_by_asha=asha, saved_other=sum(left.values()) - asha,
-                   seconds=sum(t.seconds for t in trials))
+                   saved_by_asha=asha, saved_by_time_budget=out_of_time,
+                   saved_other=sum(left.values()) - asha - out_of_time, seconds=sum(t.seconds for t in trials))
 
 
 # ---------------------------------------------------------------- which hyperparameters mattered
