@@ -145,8 +145,9 @@ def test_train_seconds_is_the_training_loops_wall_time():
         trained = m["train_seconds"] - before
         before = m["train_seconds"]
         rows.append(m)
-        # epoch_seconds = the loop + validation; the loop is train_seconds' increment (to 2 ms).
-        assert trained == pytest.approx(m["epoch_seconds"] - m["val_seconds"], abs=2e-3)
+        # epoch_seconds = the loop + validation; the loop is train_seconds' increment (to 20 ms: the
+        # lines between them, and a busy machine's scheduling).
+        assert trained == pytest.approx(m["epoch_seconds"] - m["val_seconds"], abs=2e-2)
         assert 0 < m["train_share"] <= 1 and m["wall_seconds"] >= m["train_seconds"]
     assert [m["epoch"] for m in rows] == [1, 2, 3]  # an epoch budget validates every epoch
     assert rows[-1]["train_share"] == pytest.approx(rows[-1]["train_seconds"] / rows[-1]["wall_seconds"])

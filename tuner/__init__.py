@@ -17,7 +17,8 @@ from typing import Any
 
 from tuner.denoise import denoise, load_model
 from tuner.spec import ExperimentSpec, SpecError, TrialConfig, load_spec
-from tuner.train import METRIC, MODE, fit
+from tuner.metrics import METRIC, MODE
+from tuner.train import fit
 
 __all__ = ["ExperimentSpec", "METRIC", "MODE", "SpecError", "TrialConfig", "denoise", "fit",
            "load_model", "load_spec", "tune"]

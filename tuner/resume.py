@@ -134,7 +134,7 @@ def _relocate_search_state(fs, run_path: str) -> Optional[str]:
 def _tell_study(url: str, name: str, recovered: dict[str, list[dict[str, Any]]]) -> None:
     """Write the epochs of the repaired trials' checkpoints that their study trials lack."""
     from tuner.study import RAY_TRIAL_ID, open_storage
-    from tuner.train import METRIC
+    from tuner.metrics import METRIC
 
     storage = open_storage(url)
     trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)

@@ -32,8 +32,8 @@ from tuner.noise import Noise
 from tuner.spec import ExperimentSpec, TrialConfig
 from tuner.storage import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, STATE_FILE, absolute, exists,
                            join, write)
-from tuner.train import (METRIC, MODE, TEST_SEED_OFFSET, CheckpointCadence, EvalSet, evaluate, fit, pick_device,
-                         psnr_per_image)
+from tuner.metrics import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image
+from tuner.train import CheckpointCadence, fit, pick_device
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from tuner.storage import STUDY_FILE, is_uri
-from tuner.train import DIVERGED_PSNR, METRIC
+from tuner.metrics import DIVERGED_PSNR, METRIC
 
 if TYPE_CHECKING:
     from tuner.spec import ExperimentSpec

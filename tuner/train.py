@@ -4,14 +4,13 @@ Plain PyTorch; nothing here knows about Ray. The search adapter (``tuner.search`
 benchmarks and notebooks all call the same :func:`fit`.
 
 Fair comparison: every trial is scored on the same validation images corrupted once with the
-experiment's fixed evaluation noise (:func:`tuner.noise.fixed_corruption`), on ``val_psnr``,
-whatever loss or training noise it uses.
+experiment's fixed evaluation noise, on ``val_psnr`` (:mod:`tuner.metrics`), whatever loss or
+training noise it uses (:mod:`tuner.optim`).
 
-Speed: the images stay one ``uint8`` tensor (on the GPU when there is one); a batch is an
-indexed slice converted to float and corrupted in bulk, with no per-sample DataLoader. Photos
-stay a list of ``uint8`` tensors of any size; every batch draws random crops from them with one
-of 8 flips / rotations (:func:`sample_patches`, DnCNN's augmentation), and an epoch is
-``patches_per_epoch`` crops.
+Speed: the images stay ``uint8`` on the trainer's device (the GPU when there is one); a batch is
+an indexed slice (or, for photos, random crops drawn by one gather, :mod:`tuner.sampling`) in the
+modes of the trial's ``augment``, converted to float and corrupted in bulk, with no per-sample
+DataLoader. For photos an epoch is ``patches_per_epoch`` crops.
 
 Budgets: a trial trains ``max_epochs`` epochs, or (``max_train_seconds``) until it has trained
 that many seconds, so trials of very different cost can be compared at equal compute; the
@@ -23,225 +22,26 @@ import copy
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tuner.data import Splits
-from tuner.model import DenoisingAutoencoder, build_model
-from tuner.noise import Noise, corrupt, fixed_corruption
+from tuner.metrics import (DIVERGED_PSNR, METRIC, MODE, TEST_SEED_OFFSET, EvalSet, _tensor, as_float,  # noqa: F401
+                           evaluate, psnr_per_image, ssim)
+from tuner.model import build_model
+from tuner.noise import Noise, corrupt
+from tuner.optim import loss_fn, make_optimizer, make_scheduler, schedule_factor  # noqa: F401
+from tuner.sampling import (AUGMENT_MODES, PatchSampler, augment, augment_batch, mode_maps,  # noqa: F401
+                            sample_patches)
 from tuner.spec import TrialConfig
 
+# Re-exported above for the callers that knew them here: the metric contract (METRIC, MODE, ...),
+# scoring, the loss and schedules, the sampler. Their homes are tuner.metrics, tuner.optim and
+# tuner.sampling.
+
 log = logging.getLogger(__name__)
-
-# The metric contract: one name, one direction, used by reporting, Tune, ASHA and checkpoints.
-METRIC = "val_psnr"
-MODE = "max"
-DIVERGED_PSNR = 0.0  # the worst possible PSNR on [0, 1] images (MSE = 1): a diverged trial's score
-TEST_SEED_OFFSET = 1  # the test split's fixed noise uses eval seed + 1: same noise model, other draws
-
-
-def as_float(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, C, H, W) uint8 -> float32 in [0, 1] on ``device``."""
-    t = _tensor(images)
-    return t.to(device).float().div_(255.0)
-
-
-def _tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images
-    with warnings.catch_warnings():  # arrays from Ray's object store are read-only; we never write
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(images)
-
-
-Batch = Union[torch.Tensor, list[torch.Tensor]]  # (N, C, H, W), or photos: a list of (C, H, W) of any sizes
-
-
-@dataclass
-class EvalSet:
-    """Clean images and their fixed corruption: what every trial is scored on. Photos of mixed
-    sizes are lists of (C, H, W) tensors, scored whole, one size group at a time."""
-
-    clean: torch.Tensor | list[torch.Tensor]  # (N, C, H, W) float in [0, 1], or a list of (C, H, W)
-    noisy: torch.Tensor | list[torch.Tensor]  # the same shapes: the fixed noisy inputs
-
-    @classmethod
-    def make(cls, images: np.ndarray | torch.Tensor | list[np.ndarray], noise: Noise, seed: int,
-             device: torch.device | str = "cpu") -> "EvalSet":
-        if isinstance(images, list):
-            clean = [as_float(a, "cpu") for a in images]
-            return cls([x.to(device) for x in clean], [y.to(device) for y in fixed_corruption(clean, noise, seed)])
-        clean = as_float(images, "cpu")
-        return cls(clean.to(device), fixed_corruption(clean, noise, seed).to(device))
-
-    def __len__(self) -> int:
-        return len(self.clean)
-
-
-def size_groups(images: Batch) -> list[list[int]]:
-    """Indices of the images of each size, in order of first appearance (one group for a tensor)."""
-    if isinstance(images, torch.Tensor):
-        return [list(range(len(images)))]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(images):
-        groups.setdefault(tuple(x.shape), []).append(i)
-    return list(groups.values())
-
-
-def _stack(images: Batch, idx: list[int]) -> torch.Tensor:
-    return images[idx[0]:idx[-1] + 1] if isinstance(images, torch.Tensor) else torch.stack([images[i] for i in idx])
-
-
-def psnr_per_image(pred: Batch, target: Batch) -> torch.Tensor:
-    """(N, C, H, W) x2 (or lists of (C, H, W)) in [0, 1] -> (N,) PSNR in dB (peak 1.0), capped at
-    100 dB for exact matches; no border crop (the benchmarks' convention)."""
-    if not isinstance(pred, torch.Tensor):
-        return torch.cat([psnr_per_image(p[None], t[None]) for p, t in zip(pred, target)])
-    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
-def ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean SSIM (torchmetrics), with the Gaussian window shrunk to fit small images (8x8 digits)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure  # slow import: lazy
-
-    side = min(pred.shape[-2:])
-    kernel = min(11, side if side % 2 else side - 1)
-    sigma = 1.5 * kernel / 11
-    return float(structural_similarity_index_measure(
-        pred.float(), target.float(), data_range=1.0, kernel_size=kernel, sigma=sigma))
-
-
-EVAL_PIXELS = 2**21  # images (of one size) denoised per forward pass: about 2 megapixels
-
-
-@torch.no_grad()
-def evaluate(model: DenoisingAutoencoder, data: EvalSet, batch_size: int = 512, quantize: bool = False,
-             denoiser=None) -> dict[str, Any]:
-    """Score a model on fixed noisy inputs: whole images, one size group at a time.
-
-    Args:
-        model: the model.
-        data: the clean images and their fixed noisy inputs.
-        batch_size: most images per forward pass (fewer for large images: :data:`EVAL_PIXELS`).
-        quantize: round the outputs to 8 bits before scoring, as a saved image is (KAIR's test
-            convention; ``test_psnr``).
-        denoiser: ``f(model, noisy) -> denoised`` for one size group; default ``model.denoise``
-            (tests pass the tiled :func:`tuner.denoise.denoise`).
-
-    Returns:
-        ``psnr`` (mean per-image PSNR, dB), ``mse`` (per-image mean), ``ssim`` (per-image mean) and
-        ``psnr_per_image`` (N,) numpy.
-    """
-    was_training = model.training
-    model.eval()
-    denoiser = denoiser or (lambda m, x: m.denoise(x))
-    per_image, mse, ssims = torch.zeros(len(data)), torch.zeros(len(data)), []
-    for idx in size_groups(data.clean):
-        clean = _stack(data.clean, idx)  # (n, C, H, W), one size
-        noisy = _stack(data.noisy, idx)
-        step = max(1, min(batch_size, EVAL_PIXELS // (clean.shape[-1] * clean.shape[-2])))
-        out = torch.cat([denoiser(model, noisy[i:i + step]) for i in range(0, len(noisy), step)])
-        if quantize:
-            out = out.mul(255.0).round_().div_(255.0)
-        per_image[idx] = psnr_per_image(out, clean).cpu()
-        mse[idx] = (out - clean).pow(2).flatten(1).mean(1).cpu()
-        ssims.append((ssim(out, clean), len(idx)))
-    model.train(was_training)
-    return {
-        "psnr": float(per_image.mean()),
-        "mse": float(mse.mean()),
-        "ssim": sum(v * n for v, n in ssims) / len(data),
-        "psnr_per_image": per_image.numpy(),
-    }
-
-
-def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:
-    """The optimizer named by ``config.optimizer`` with its learning rate and weight decay."""
-    wd = config.weight_decay
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=wd)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=wd)
-    if config.optimizer == "sgd":
-        nesterov = config.nesterov and config.momentum > 0  # torch rejects Nesterov without momentum
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov, weight_decay=wd)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=wd)
-    return torch.optim.Adadelta(params, lr=config.lr, weight_decay=wd)  # seed 003
-
-
-def loss_fn(out: torch.Tensor, clean: torch.Tensor, loss: str, space: str = "logit") -> torch.Tensor:
-    """Training loss between the model's output (logits, or pixels for ``space`` pixel) and the
-    clean images (noisy -> clean)."""
-    if loss == "bce":  # on logits: stable where sigmoid + BCE saturates
-        return F.binary_cross_entropy_with_logits(out, clean)
-    image = torch.sigmoid(out) if space == "logit" else out.float()
-    return F.mse_loss(image, clean) if loss == "mse" else F.l1_loss(image, clean)
-
-
-WARMUP_SHARE = 0.05  # cosine: linear warm-up over this share of the steps (Goyal et al. 2017, Loshchilov & Hutter 2017)
-ONECYCLE_PCT_START = 0.25  # onecycle: share of the steps spent rising to lr (Smith & Topin 2019)
-
-
-def schedule_factor(schedule: str, progress: float) -> float:
-    """The learning rate's multiple of ``lr`` at ``progress`` (0..1) through a trial's budget, for
-    budgets in seconds: ``cosine`` (5% linear warm-up, then cosine to 0), ``onecycle`` (torch's
-    ``OneCycleLR`` curve: lr/25 rising to lr over the first quarter, then to lr/25e4; no momentum
-    cycling), ``constant``."""
-    p = min(max(progress, 0.0), 1.0)
-    if schedule == "cosine":
-        if p < WARMUP_SHARE:
-            return max(p / WARMUP_SHARE, 1e-3)
-        return 0.5 * (1 + math.cos(math.pi * (p - WARMUP_SHARE) / (1 - WARMUP_SHARE)))
-    if schedule == "onecycle":
-        start, end = 1 / 25, 1 / 25e4  # OneCycleLR's div_factor and final_div_factor
-        if p < ONECYCLE_PCT_START:
-            t = p / ONECYCLE_PCT_START
-            return 1 + (start - 1) * 0.5 * (1 + math.cos(math.pi * t))
-        t = (p - ONECYCLE_PCT_START) / (1 - ONECYCLE_PCT_START)
-        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
-    return 1.0
-
-
-def make_scheduler(config: TrialConfig, optimizer: torch.optim.Optimizer, total_steps: int, progress=None):
-    """The learning-rate schedule named by ``config.lr_schedule``.
-
-    ``cosine`` and ``onecycle`` step every batch and span the trial's budget: ``max_epochs``
-    (``total_steps`` batches), or with ``max_train_seconds`` its training seconds (``progress()``
-    returns the share spent, and :func:`schedule_factor` sets the rate). A trial ASHA stops early
-    is stopped mid-schedule, as it would be by hand. ``constant`` with ``plateau_patience > 0`` is
-    seed 001's ReduceLROnPlateau, stepped on ``val_psnr`` every epoch.
-
-    Returns:
-        (scheduler or None, whether it steps every batch).
-    """
-    if progress is not None and config.lr_schedule != "constant":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: schedule_factor(config.lr_schedule, progress())), True
-    if config.lr_schedule == "cosine":
-        warmup = max(1, round(WARMUP_SHARE * total_steps))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
-    if config.lr_schedule == "onecycle":
-        # Adam's beta1 cycles against the learning rate as in fastai; SGD's momentum is the user's.
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=ONECYCLE_PCT_START,
-            cycle_momentum=config.optimizer in ("adam", "adamw")), True
-    if config.plateau_patience > 0:
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.2, patience=config.plateau_patience, min_lr=config.lr * 1e-3), False
-    return None, False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
@@ -268,119 +68,6 @@ def pick_device(device: Optional[str | torch.device] = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def augment(x: torch.Tensor, mode: int) -> torch.Tensor:
-    """One of the 8 flips / rotations of square (B, C, H, W) patches: ``mode`` 0-3 rotate by
-    ``mode`` quarter turns, 4-7 also flip left-right (the dihedral group DnCNN trains on; KAIR
-    ``utils_image.augment_img``). Mode 0 is the identity."""
-    x = torch.rot90(x, mode % 4, dims=(-2, -1))
-    return x.flip(-1) if mode >= 4 else x
-
-
-# The modes each ``augment`` setting draws from, uniformly: ``flip`` is the identity, the left-right
-# and up-down flips and both (a half turn), which keep a picture's up and down axis; ``flip_rotate``
-# adds the quarter turns (all 8, DnCNN's augmentation), right for photos and wrong for images whose
-# content has an orientation (a rotated 6 is a 9).
-AUGMENT_MODES: dict[str, tuple[int, ...]] = {"none": (0,), "flip": (0, 2, 4, 6), "flip_rotate": tuple(range(8))}
-
-
-def mode_maps(size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each pixel of a ``size`` x ``size`` crop comes from under each of :func:`augment`'s modes.
-
-    Returns:
-        (rows, cols): (8, size * size) long tensors; output pixel ``k`` of a crop in mode ``m`` is
-        the source pixel (``rows[m, k]``, ``cols[m, k]``) of the unaugmented crop.
-    """
-    grid = torch.arange(size * size, device=device).view(1, 1, size, size)
-    flat = torch.stack([augment(grid, m).reshape(-1) for m in range(8)])  # (8, size*size)
-    return flat // size, flat % size
-
-
-class PatchSampler:
-    """Random training crops drawn where the images are, with one gather per batch.
-
-    Each crop comes from an image drawn uniformly, at a uniform position, in a mode drawn uniformly
-    from ``AUGMENT_MODES[augment]`` (the flip / rotation is folded into the gather's indices). The
-    images live in one flat ``uint8`` buffer on their device; every draw uses ``generator`` (on the
-    same device), so a batch costs a few small kernels and no host-device round trip, and the crops
-    depend only on the generator's state (deterministic per seed).
-
-    Args:
-        images: (C, H, W) uint8 tensors of any sizes of at least ``size``, one channel count, on
-            one device.
-        size: the crops' side.
-        augment: ``none``, ``flip`` or ``flip_rotate``.
-    """
-
-    def __init__(self, images: list[torch.Tensor], size: int, augment: str = "flip_rotate"):
-        self.device = images[0].device
-        self.size, self.channels = size, images[0].shape[0]
-        sizes = torch.tensor([im.shape[1:] for im in images], dtype=torch.long)  # (N, 2): H, W
-        numel = sizes.prod(1) * self.channels
-        self.flat = torch.cat([im.reshape(-1) for im in images])  # every pixel, one buffer
-        self.starts = (numel.cumsum(0) - numel).to(self.device)  # where each image begins in it
-        self.heights, self.widths = sizes[:, 0].to(self.device), sizes[:, 1].to(self.device)
-        self.plane = (self.heights * self.widths)  # pixels per channel
-        self.rows, self.cols = mode_maps(size, self.device)
-        self.modes = torch.tensor(AUGMENT_MODES[augment], device=self.device)
-        self.channel = torch.arange(self.channels, device=self.device).view(1, -1, 1)  # (1, C, 1)
-        self.images = [self.flat[int(a):int(a) + int(n)].view(self.channels, int(h), int(w))
-                       for a, n, (h, w) in zip(self.starts.cpu(), numel, sizes)]  # the inputs, as views
-
-    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """The random choices of ``n`` crops: (image, top, left, mode), each (n,) long."""
-        dev, s = self.device, self.size
-        image = torch.randint(len(self.heights), (n,), generator=generator, device=dev)
-        h, w = self.heights[image], self.widths[image]
-        # Uniform positions as today's sampler drew them (a float64 fraction of the free range),
-        # clamped so that a fraction within rounding of 1 never steps outside the image.
-        u = torch.rand((n, 2), generator=generator, device=dev, dtype=torch.float64)
-        top = torch.minimum((u[:, 0] * (h - s + 1)).long(), h - s)
-        left = torch.minimum((u[:, 1] * (w - s + 1)).long(), w - s)
-        if len(self.modes) == 1:
-            mode = self.modes.expand(n)
-        else:
-            mode = self.modes[torch.randint(len(self.modes), (n,), generator=generator, device=dev)]
-        return image, top, left, mode
-
-    def crops(self, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor, mode: torch.Tensor) -> torch.Tensor:
-        """The crops of :meth:`draw`'s choices: (n, C, size, size) uint8, by one gather."""
-        w = self.widths[image].unsqueeze(1)  # (n, 1)
-        pixel = (top.unsqueeze(1) + self.rows[mode]) * w + left.unsqueeze(1) + self.cols[mode]  # (n, s*s)
-        index = (self.starts[image].view(-1, 1, 1) + self.channel * self.plane[image].view(-1, 1, 1)
-                 + pixel.unsqueeze(1))  # (n, C, s*s)
-        return self.flat[index].view(len(image), self.channels, self.size, self.size)
-
-    def __call__(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` random crops: (n, C, size, size) uint8 on the images' device."""
-        return self.crops(*self.draw(n, generator))
-
-
-def augment_batch(batch: torch.Tensor, modes: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Each square image of (B, C, S, S) ``batch`` in its own mode (``modes``: (B,) long), by one
-    gather (``rows``, ``cols``: :func:`mode_maps` of S)."""
-    b, c, s, _ = batch.shape
-    pixel = rows[modes] * s + cols[modes]  # (B, S*S)
-    return batch.reshape(b, c, s * s).gather(2, pixel.unsqueeze(1).expand(b, c, s * s)).view(b, c, s, s)
-
-
-def sample_patches(images: list[torch.Tensor], n: int, size: int, generator: torch.Generator,
-                   augment: str = "flip_rotate") -> torch.Tensor:
-    """``n`` random training crops of ``images`` (:class:`PatchSampler`; build one to draw many
-    batches: it packs the images once).
-
-    Args:
-        images: (C, H, W) uint8 tensors of any sizes of at least ``size``, on one device.
-        n: crops.
-        size: their side.
-        generator: a generator on the images' device; its state alone decides the crops.
-        augment: ``none``, ``flip`` or ``flip_rotate`` (:data:`AUGMENT_MODES`).
-
-    Returns:
-        (n, C, size, size) uint8 crops on the images' device.
-    """
-    return PatchSampler(images, size, augment)(n, generator)
 
 
 class Trainer:

@@ -15,7 +15,7 @@ from tuner.model import DenoisingAutoencoder, build_model
 from tuner.noise import Noise
 from tuner.spec import TrialConfig
 from tuner.storage import CONFIG_FILE, METRICS_FILE, MODEL_FILE, join, read_file
-from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image
+from tuner.metrics import TEST_SEED_OFFSET, EvalSet, psnr_per_image
 
 SWEEP_FACTORS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # noise levels tried, relative to the eval level
 SAMPLE = 2000  # test images used by the noise sweep and the latent plot: enough, and quick on a CPU

@@ -19,7 +19,7 @@ from tuner.report.best import SAMPLE, BestModel
 from tuner.report.run import (COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, TIME_BUDGET, UNFINISHED, TrialSummary,
                               asha_rungs, fanova)
 from tuner.spec import ExperimentSpec, TrialConfig
-from tuner.train import METRIC
+from tuner.metrics import METRIC
 
 EXAMPLES = 8  # test images shown clean / noisy / denoised
 DPI = 110

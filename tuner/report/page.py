@@ -21,7 +21,7 @@ from tuner.report.run import (DIVERGED, ERRORED, STATUSES, TIME_BUDGET, UNFINISH
                               fanova, importance_study, ranked)
 from tuner.spec import ExperimentSpec
 from tuner.storage import join
-from tuner.train import METRIC
+from tuner.metrics import METRIC
 
 TEMPLATE = "page.html.j2"
 ROUGH_BELOW = 20  # scored trials under which the page calls the importance ranking rough

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 from tuner.storage import STUDY_FILE
 from tuner.spec import HYPERPARAMETERS, BudgetSpec, Distribution, ExperimentSpec
-from tuner.train import METRIC
+from tuner.metrics import METRIC
 
 log = logging.getLogger(__name__)
 
