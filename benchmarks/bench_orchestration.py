@@ -97,7 +97,8 @@ def measure(trial_seconds: float, trials: int, epoch_s: float, storage: Path) ->
     Returns:
         Timings in seconds and the utilisation figures.
     """
-    from tuner.search import export_best, run_search
+    from tuner.export import export_best
+    from tuner.search import run_search
 
     epochs = max(2, round(trial_seconds / epoch_s))
     spec = make_spec(f"orch_{int(trial_seconds)}s_{trials}", trials, epochs, storage)

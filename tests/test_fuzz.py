@@ -319,7 +319,7 @@ def test_flag_overrides_validate_or_fail_in_one_line(flags, vals, scratch):
 # ---------------------------------------------------------------- images and model folders for `tuner denoise`
 
 def _model_folder(path: Path, channels: int = 1, **overrides) -> Path:
-    """An exported model folder in tuner's own format (what search.export_best writes), built by hand."""
+    """An exported model folder in tuner's own format (what tuner.export.export_best writes), built by hand."""
     trial = TrialConfig(**{"width": 4, "depth": 1, "latent_dim": 4, **overrides})
     model = build_model(trial, channels, 8, 8)
     path.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ TIMEOUT = 60  # seconds per HTTP request: generous for a loaded 2-core machine
 # ---------------------------------------------------------------- models, images, processes
 
 def _export(model: torch.nn.Module, trial, folder: Path, metrics: dict) -> Path:
-    """The ``best/`` folder format ``tuner.search.export_best`` writes."""
+    """The ``best/`` folder format ``tuner.export.export_best`` writes."""
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "config.json").write_text(json.dumps({

@@ -210,7 +210,7 @@ def test_large_image_stays_under_a_memory_bound(unets):
 # ---------------------------------------------------------------- tuner denoise
 
 def _export(model: torch.nn.Module, channels: int, folder: Path) -> Path:
-    """A model folder in the format ``tuner.search.export_best`` writes (``load_model`` reads it)."""
+    """A model folder in the format ``tuner.export.export_best`` writes (``load_model`` reads it)."""
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "model.pt")
     (folder / "config.json").write_text(json.dumps({

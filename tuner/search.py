@@ -5,17 +5,15 @@
 ``Tuner`` whose trials are :func:`train_trial` - a thin adapter from Tune's config dict to
 :func:`tuner.train.fit`. The searcher is :class:`tuner.study.StudySearch` (Optuna TPE, told each
 trial's true outcome, its study in a database; the spec's ``start_from`` queued first). Each
-epoch reports the metrics and a checkpoint; only the best few checkpoints per trial are kept
-(ranked by ``val_psnr``). At the end the best checkpoint of the best trial is exported to
-``<run>/best/`` with its config and its ``test_psnr``, measured once on the test split that no
-trial ever saw.
+epoch reports its metrics; checkpoints come on a new best, at the end and at least every
+``budget.checkpoint_every_s``, and only the best few per trial are kept (ranked by ``val_psnr``).
+At the end the best checkpoint of the best trial is exported to ``<run>/best/`` (``tuner.export``).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -27,12 +25,11 @@ import torch
 
 from tuner.cluster import check_trial_fits
 from tuner.data import Splits, load_dataset
-from tuner.model import build_model
+from tuner.export import export_best
+from tuner.metrics import METRIC, MODE
 from tuner.noise import Noise
 from tuner.spec import ExperimentSpec, TrialConfig
-from tuner.storage import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, SPEC_FILE, STATE_FILE, absolute, exists,
-                           join, write)
-from tuner.metrics import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image
+from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
 from tuner.train import CheckpointCadence, fit, pick_device
 
 log = logging.getLogger(__name__)
@@ -332,95 +329,6 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
     for point in spec.start_from:  # what Ray's points_to_evaluate does; partial ones are completed by TPE
         loaded.enqueue_trial(point)
     return storage
-
-
-def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tuple[str, dict, dict]:
-    """Export the best trial's best checkpoint to ``<run_dir>/best/`` and measure it on the test split.
-
-    Returns:
-        (best folder, best trial config, metrics).
-    """
-    ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.checkpoint is not None]
-    if not ok:
-        if spec.budget.time_budget_s and not any(r.metrics for r in results):
-            raise SearchError(f"budget.time_budget_s ({spec.budget.time_budget_s:g} s) ran out before any trial "
-                              f"reported an epoch (Ray's start-up counts too); give the search more time")
-        raise SearchError(f"no trial finished an epoch without diverging or failing in {run_dir}; "
-                          f"see the trials' error.txt files there")
-    # The best checkpoint on storage of any trial (each keeps its best ones: budget.keep_checkpoints).
-    # Ranked by the checkpoints, not by result.json: after a resume a trial's log may miss the
-    # epochs the killed driver had not yet copied to storage, while their checkpoints are there.
-    kept = [(m[METRIC], r, c) for r in ok for c, m in (r.best_checkpoints or [])
-            if isinstance(m.get(METRIC), (int, float)) and math.isfinite(m[METRIC])]
-    if not kept:
-        raise SearchError(f"no trial of {run_dir} has a checkpoint with a finite {METRIC}")
-    _, best, checkpoint = max(kept, key=lambda k: k[0])
-    with checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-    trial = TrialConfig(**state["config"])
-    c, h, w = data.shape
-    model = build_model(trial, c, h, w)
-    model.load_state_dict(state["model"])
-    noise, seed = spec.eval_noise.noise(), spec.eval_noise.seed
-    val = EvalSet.make(data.val, noise, seed)
-    test = EvalSet.make(data.test, noise, seed + TEST_SEED_OFFSET)
-    # test_psnr as the benchmarks score it: each whole image, the output rounded to 8 bits (KAIR),
-    # large images denoised in tiles exactly as `tuner denoise` does.
-    val_scores = evaluate(model, val)
-    test_scores = evaluate(model, test, quantize=True, denoiser=_tiled)
-    metrics = {
-        METRIC: val_scores["psnr"],
-        "val_ssim": val_scores["ssim"],
-        "test_psnr": test_scores["psnr"],
-        "test_ssim": test_scores["ssim"],
-        "test_mse": test_scores["mse"],
-        "noisy_val_psnr": float(psnr_per_image(val.noisy, val.clean).mean()),
-        "noisy_test_psnr": float(psnr_per_image(test.noisy, test.clean).mean()),
-        "epoch": int(state["epoch"]),
-        "train_seconds": float(state.get("train_seconds", 0.0)),
-        "trial_id": best.metrics.get("trial_id"),
-    }
-    config = {
-        "format": "tuner-model/1",
-        "experiment": spec.name,
-        "metric": METRIC,
-        "mode": MODE,
-        "image_shape": [c, h, w],
-        "trial": trial.to_dict(),
-        "dataset": spec.dataset.model_dump(mode="json"),
-        "eval_noise": spec.eval_noise.model_dump(mode="json"),
-    }
-    best_dir = join(run_dir, "best")
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
-        files = {MODEL_FILE: (Path(tmp) / MODEL_FILE).read_bytes(),
-                 CONFIG_FILE: json.dumps(config, indent=2),
-                 METRICS_FILE: json.dumps(metrics, indent=2),
-                 "README.md": _model_readme(config, metrics)}
-    for name, content in files.items():
-        write(best_dir, name, content)
-    log.info("best model: %s", best_dir)
-    return best_dir, trial.to_dict(), metrics
-
-
-def _tiled(model, noisy: torch.Tensor) -> torch.Tensor:
-    from tuner.denoise import denoise
-
-    return denoise(model, noisy)
-
-
-def _model_readme(config: dict, metrics: dict) -> str:
-    c, h, w = config["image_shape"]
-    return (f"# tuner model: {config['experiment']}\n\n"
-            f"A denoising autoencoder for {c}x{h}x{w} images ({config['dataset']['name']}), chosen on "
-            f"`{config['metric']}` under {Noise.from_dict(config['eval_noise']).describe()} noise.\n\n"
-            f"- validation PSNR {metrics[METRIC]:.2f} dB (noisy input {metrics['noisy_val_psnr']:.2f} dB)\n"
-            f"- test PSNR {metrics['test_psnr']:.2f} dB, SSIM {metrics['test_ssim']:.3f} "
-            f"(noisy input {metrics['noisy_test_psnr']:.2f} dB)\n\n"
-            f"Files: `model.pt` (state_dict, loads with `torch.load(..., weights_only=True)`), "
-            f"`config.json` (hyperparameters under `trial`), `metrics.json`.\n\n"
-            f"Use: `tuner denoise --model <this folder> IMAGES... --out DIR`, or "
-            f"`tuner.load_model(<this folder>)` in Python.\n")
 
 
 def _init_ray(address: Optional[str]) -> None:

@@ -45,7 +45,7 @@ class BestModel:
 
     @property
     def test_seed(self) -> int:
-        return int(self.config["eval_noise"]["seed"]) + TEST_SEED_OFFSET  # as tuner.search.export_best
+        return int(self.config["eval_noise"]["seed"]) + TEST_SEED_OFFSET  # as tuner.export.export_best
 
 
 def load_best(run_dir: str) -> Optional[BestModel]:
