@@ -9,6 +9,7 @@ that a chi-square test with a fixed seed is decisive, and deterministic.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,25 @@ def test_a_gpu_machine_searching_on_the_cpu_is_told_what_to_set():
 def test_sample_photos_load_without_augment_argument():
     s = load_dataset("sample_photos", patch_size=32)
     assert s.patch_size == 32 and not hasattr(s, "augment")
+
+
+def test_a_trial_validates_at_asha_rungs_whatever_it_costs():
+    """The costly validation of the test above, with milestones (ASHA's rungs in training seconds):
+    the first validation after each milestone comes in the epoch that crosses it."""
+    data = _photos(val_images=6, val_side=256, patches=8)
+    config = TrialConfig(width=4, depth=1, latent_dim=4, batch_size=8, residual="pixel", max_epochs=100000,
+                         max_train_seconds=1.5)
+    milestones = (0.3, 0.6, 0.9)
+    rows = [e.metrics for e in fit(config, data, Noise("gaussian", 0.1), threads=1, milestones=milestones)]
+    seconds = [m["train_seconds"] for m in rows]
+    for m in milestones:
+        after = min(t for t in seconds if t >= m)
+        before = max((t for t in seconds if t < m), default=0.0)
+        # The validation right after a milestone came within one epoch of training of it.
+        epoch_seconds = max(r["train_seconds"] / r["epoch"] for r in rows)
+        assert after - m <= 3 * epoch_seconds + 0.05, (m, before, after)
+
+
+def test_the_budgets_rungs_are_rays():
+    spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "bsd68.yaml")
+    assert spec.budget.rungs == pytest.approx([82.8, 248.4, 745.2])

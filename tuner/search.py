@@ -43,7 +43,7 @@ class SearchError(Exception):
 # ---------------------------------------------------------------- the trial (Ray adapter)
 
 def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int,
-                checkpoint_every_s: float = 0.0) -> None:
+                checkpoint_every_s: float = 0.0, rungs: tuple[float, ...] = ()) -> None:
     """Ray Tune function trainable: one trial of the search.
 
     Args:
@@ -54,6 +54,7 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
         checkpoint_every_s: the most seconds between two checkpoints (``budget.checkpoint_every_s``):
             an epoch is checkpointed on a new best, at the end, and at least this often
             (:class:`tuner.train.CheckpointCadence`); every epoch reports its metrics.
+        rungs: ASHA's rungs in training seconds: a trial validates as soon as it reaches one.
     """
     from ray import tune
 
@@ -71,7 +72,7 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     _warn_unusable_gpu(ray.get_gpu_ids())
     device = pick_device().type  # what fit() trains on
     cadence = CheckpointCadence(checkpoint_every_s)
-    for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads):
+    for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads, milestones=rungs):
         metrics = {**epoch.metrics, "node_id": node, "device": device}
         if not cadence.due(epoch):
             tune.report(metrics)
@@ -193,7 +194,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     threads = max(1, int(spec.resources.cpus_per_trial))
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, eval_noise=eval_noise, threads=threads,  # object store
-                             checkpoint_every_s=spec.budget.checkpoint_every_s),
+                             checkpoint_every_s=spec.budget.checkpoint_every_s,
+                             rungs=tuple(spec.budget.rungs) if spec.budget.time_attr == "train_seconds" else ()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     if resume:

@@ -265,6 +265,16 @@ class BudgetSpec(_Section):
         return self.max_epochs if self.time_attr == "epoch" else self.max_train_seconds
 
     @property
+    def rungs(self) -> list[float]:
+        """Where ASHA compares trials, in ``time_attr`` units: ``grace_period * reduction_factor**k``
+        below ``max_t`` (Ray's ``_Bracket`` milestones, ray/tune/schedulers/async_hyperband.py)."""
+        rungs, k = [], 0
+        while self.grace_period * self.reduction_factor ** k < self.max_t:  # Ray's arithmetic, to the bit
+            rungs.append(self.grace_period * self.reduction_factor ** k)
+            k += 1
+        return rungs
+
+    @property
     def max_t_key(self) -> str:
         return "max_epochs" if self.time_attr == "epoch" else "max_train_seconds"
 

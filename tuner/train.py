@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
@@ -80,11 +80,15 @@ class Trainer:
         eval_seed: its seed; the validation corruption is drawn once from it.
         device: where to train; default CUDA when available.
         threads: CPU threads for PyTorch (the CPUs given to the trial).
+        milestones: training seconds at which a validation is due whatever it costs (the search
+            passes ASHA's rungs, so every trial is judged as soon as it reaches one).
     """
 
     def __init__(self, config: TrialConfig, data: Splits, eval_noise: Noise, eval_seed: int = 1234,
-                 device: Optional[str | torch.device] = None, threads: Optional[int] = None):
+                 device: Optional[str | torch.device] = None, threads: Optional[int] = None,
+                 milestones: Sequence[float] = ()):
         self._clock = time.perf_counter()  # wall_seconds counts from here
+        self.milestones = sorted(milestones)
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.config = config
@@ -158,8 +162,11 @@ class Trainer:
         Under an epoch budget every epoch is validated (ASHA counts epochs). Under a budget in
         training seconds an epoch is only a unit of work: validation waits until the training since
         the last one makes the last validation's cost at most :data:`VALIDATION_SHARE` of the time,
-        and always comes when the budget is spent."""
+        and always comes at a milestone (an ASHA rung) and when the budget is spent."""
         if self.config.max_train_seconds is None or self.finished:
+            return True
+        last = self.train_seconds - trained  # where the last validation was
+        if any(last < m <= self.train_seconds for m in self.milestones):
             return True
         return trained * VALIDATION_SHARE >= self.val_seconds * (1 - VALIDATION_SHARE)
 
@@ -328,7 +335,7 @@ class CheckpointCadence:
 
 def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,
         checkpoint: Optional[dict[str, Any]] = None, device: Optional[str | torch.device] = None,
-        threads: Optional[int] = None) -> Iterator[Epoch]:
+        threads: Optional[int] = None, milestones: Sequence[float] = ()) -> Iterator[Epoch]:
     """Train one configuration noisy -> clean, yielding after every epoch.
 
     Stops after ``config.max_epochs`` epochs, when ``config.max_train_seconds`` of training are
@@ -342,11 +349,12 @@ def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int 
         checkpoint: a :meth:`Epoch.checkpoint` to continue from.
         device: where to train; default CUDA when available.
         threads: CPU threads for PyTorch.
+        milestones: training seconds at which to validate whatever it costs (:class:`Trainer`).
 
     Yields:
         :class:`Epoch` with the epoch's metrics (see :meth:`Trainer.train_epoch`).
     """
-    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads)
+    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads, milestones)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     while not trainer.finished:

@@ -177,13 +177,8 @@ def trial_status(ray_status: str, epochs: float, diverged: bool, has_error: bool
 
 
 def asha_rungs(budget: BudgetSpec) -> list[float]:
-    """Where ASHA compares trials, in ``time_attr`` units: ``grace_period * reduction_factor**k``
-    below ``max_t`` (Ray's ``_Bracket`` milestones, ray/tune/schedulers/async_hyperband.py)."""
-    rungs, k = [], 0
-    while budget.grace_period * budget.reduction_factor ** k < budget.max_t:  # Ray's arithmetic, to the bit
-        rungs.append(budget.grace_period * budget.reduction_factor ** k)
-        k += 1
-    return rungs
+    """Where ASHA compares trials, in ``time_attr`` units (:attr:`tuner.spec.BudgetSpec.rungs`)."""
+    return budget.rungs
 
 
 def rung_decisions(progress: Sequence[float], rungs: Sequence[float]) -> list[Optional[float]]:

@@ -1,0 +1,90 @@
+"""benchmarks/bench_versus.py: its in-process arms (the warm start alone, Optuna alone) on real
+digits with real training, real Optuna and tiny wall budgets; its task specs load and shrink."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.data import load_dataset
+from tuner.spec import load_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_versus  # noqa: E402
+
+SPEC = """
+name: versus-test
+seed: 0
+dataset: {name: digits}
+eval_noise: {kind: gaussian, level: 0.3}
+budget:
+  time_attr: train_seconds
+  max_train_seconds: 3
+  grace_period: 1
+  reduction_factor: 3
+  num_samples: 50
+  max_concurrent: 1
+resources: {cpus_per_trial: 1}
+searcher: {n_startup_trials: 1}
+fixed: {width: 8, batch_size: 64, skip: true}
+search:
+  latent_dim: {choice: [4, 16]}
+  depth: {int: [1, 2]}
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  loss: {choice: [mse, bce]}
+start_from:
+  - {latent_dim: 16, depth: 2, lr: 5.0e-3, loss: mse}
+"""
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    path = tmp_path_factory.mktemp("versus") / "digits.yaml"
+    path.write_text(SPEC)
+    spec = load_spec(path)
+    return spec, load_dataset(**spec.dataset.model_dump())
+
+
+def test_alone_trains_the_warm_start_until_the_deadline(task):
+    spec, data = task
+    deadline = time.time() + 6
+    r = bench_versus.run_alone(spec, data, deadline, reserve_s=1.5, threads=1)
+    assert time.time() <= deadline + 1.0  # scored by the deadline (a second's slack for a loaded machine)
+    assert math.isfinite(r["test_psnr"]) and r["test_psnr"] > r["noisy_test_psnr"] + 3
+    assert {k: r["best_config"][k] for k in spec.start_from[0]} == spec.start_from[0]
+    assert r["scheduled_seconds"] > 2 and r["trials"] == 1  # the schedule spans the whole budget
+
+
+def test_optuna_searches_from_the_warm_start_with_hyperband(task):
+    spec, data = task
+    study = bench_versus.make_study(spec)
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)
+    deadline = time.time() + 12
+    r = bench_versus.run_optuna(spec, data, deadline, reserve_s=1.5, study=study)
+    assert time.time() <= deadline + 1.0  # the trial running at the deadline was stopped there
+    first = study.trials[0]
+    assert first.number == 0 and {k: first.params[k] for k in spec.start_from[0]} == spec.start_from[0]
+    assert len(study.trials) >= 2 and r["trials"] == len(study.trials)  # TPE proposed after the warm start
+    assert all(t.intermediate_values for t in study.trials if t.state != optuna.trial.TrialState.FAIL)
+    assert "FAIL" not in r["states"]
+    assert math.isfinite(r["test_psnr"]) and r["test_psnr"] > r["noisy_test_psnr"] + 3
+    # the best epoch of any trial (pruned ones included) is what was scored
+    best = max(v for t in study.trials for v in t.intermediate_values.values())
+    assert r["val_psnr"] == pytest.approx(best, abs=0.05)
+
+
+@pytest.mark.parametrize("name", list(bench_versus.TASKS))
+def test_task_specs_load_and_shrink(name):
+    task = bench_versus.TASKS[name]
+    full = bench_versus.resolve_spec(task, seed=1, scale=1.0, tune_budget_s=task.wall_s - 40)
+    smoke = bench_versus.resolve_spec(task, seed=1, scale=0.1, tune_budget_s=30.0)
+    assert full.seed == smoke.seed == 1 and full.start_from and full.budget.time_budget_s == task.wall_s - 40
+    for s in (full, smoke):
+        assert s.budget.grace_period <= s.budget.max_t
+        if s.budget.time_attr == "train_seconds":
+            assert s.budget.max_train_seconds <= s.budget.time_budget_s
