@@ -218,7 +218,8 @@ def render(results: Sequence[Result]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         decimals = max(_decimals(r.tuner), _decimals(r.baseline))  # both figures to the same digits
-        baseline = f"{r.baseline_name}: {_value(r.baseline, r.unit, decimals)}"
+        baseline = (f"{r.baseline_name}: {_value(r.baseline, r.unit, decimals)}" if r.baseline is not None
+                    else r.baseline_name or "-")
         verdict = {True: "**met**", False: "**missed**", None: "-"}[r.met]
         cells = [f"[{r.title}](#{r.section})", r.figure, _value(r.tuner, r.unit, decimals), baseline,
                  _comparison(r, decimals), r.target or "-", verdict, r.machine, r.date, str(r.runs)]
