@@ -547,7 +547,7 @@ def _load(scale: float) -> list[dict]:
     if not OUT.exists():
         return []
     records = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json")) if not p.name.endswith(".partial.json")]
-    return [r for r in records if r.get("budget_scale", 1) == scale]
+    return [r for r in records if "task" in r and r.get("budget_scale", 1) == scale]  # not the summary row
 
 
 def _config(c: dict) -> str:
