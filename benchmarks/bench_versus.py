@@ -445,7 +445,7 @@ def _tuner_record(run_dir: Path) -> dict[str, Any]:
         for t in study.trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
     log = []
-    for result in sorted(run_dir.glob("trial_*/result.json")):
+    for result in [*sorted(run_dir.glob("trial_*/result.json")), *sorted(run_dir.glob("winner/winner_*/result.json"))]:
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if rows:
             last = rows[-1]

@@ -1,6 +1,7 @@
 """One budget, the rest derived (issue 31): ``budget.time_budget_s`` alone sizes a search in training
-seconds; explicit fields win; ``--time-budget-s`` derives again; the resolved spec keeps the numbers.
-Spec loading only: no Ray, no training."""
+seconds, a race whose winner continues; explicit fields win; ``--time-budget-s`` derives again; the
+resolved spec keeps the numbers. Spec loading only: no Ray, no training (tests/test_search.py runs
+a race and its winner's continuation)."""
 from __future__ import annotations
 
 import math
@@ -10,18 +11,20 @@ import pytest
 import yaml
 
 from tuner.cli import build_parser
-from tuner.spec import FIRST_RUNG_DEPTH, NO_EPOCH_CAP, TRAINING_SHARE, SpecError, TrialConfig, load_spec
+from tuner.spec import (CONTINUE_START_S, FIRST_RUNG_DEPTH, NO_EPOCH_CAP, RACE_START_S, TRAINING_SHARE, TRIAL_SETUP_S, SpecError,
+                        TrialConfig, load_spec)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
 KEYS = ("num_samples", "max_epochs", "time_attr", "max_train_seconds", "grace_period", "reduction_factor",
         "max_concurrent", "keep_checkpoints", "max_failures", "time_budget_s")
 
-# Every shipped spec's budget before issue 31 (commit c38ab70), in KEYS order. bsd68 and cbsd68 now
-# give time_budget_s alone and derive the rest: DERIVED says where they may differ, and by how much.
+# Every shipped spec's budget, in KEYS order: as before issue 31 (commit c38ab70) for those that set it
+# field by field. bsd68 and cbsd68 (1290 s a trial, first rung 80 s, then) now give time_budget_s alone:
+# a race of ~504 s whose trials stop at RACE seconds, then the winner continues to 1400 training seconds.
 BEFORE = {
-    "bsd68": (5, 100000, "train_seconds", 1290.0, 80.0, 3.0, 1, 1, 2, 1680.0),
-    "cbsd68": (5, 100000, "train_seconds", 1290.0, 80.0, 3.0, 1, 1, 2, 1680.0),
+    "bsd68": (5, 100000, "train_seconds", 1400.0, 17.4, 3.0, 1, 1, 2, 1680.0),
+    "cbsd68": (5, 100000, "train_seconds", 1400.0, 17.4, 3.0, 1, 1, 2, 1680.0),
     "cifar10": (64, 30, "epoch", None, 2, 3.0, 8, 2, 2, None),
     "fashion_mnist": (64, 30, "epoch", None, 2, 3.0, 8, 2, 2, None),
     "mnist": (64, 30, "epoch", None, 2, 3.0, 8, 2, 2, None),
@@ -30,15 +33,16 @@ BEFORE = {
     "quickstart": (4, 36, "epoch", None, 4, 4.0, 1, 2, 2, None),
     "tiny": (4, 3, "epoch", None, 1, 2.0, 2, 2, 2, None),
     # New with issue 30, derived from time_budget_s from the start: 2 waves of 8 trials.
-    "bsd68_gpu": (16, 100000, "train_seconds", 490.0, 31.4, 3.0, 8, 1, 2, 540.0),
-    "cbsd68_gpu": (16, 100000, "train_seconds", 490.0, 31.4, 3.0, 8, 1, 2, 540.0),
+    "bsd68_gpu": (16, 100000, "train_seconds", 469.0, 7.18, 3.0, 8, 1, 2, 540.0),
+    "cbsd68_gpu": (16, 100000, "train_seconds", 469.0, 7.18, 3.0, 8, 1, 2, 540.0),
 }
-DERIVED = {"bsd68": {"grace_period": 0.05}, "cbsd68": {"grace_period": 0.05}}  # relative tolerance
+RACE = {"bsd68": 272.0, "cbsd68": 272.0, "bsd68_gpu": 112.0, "cbsd68_gpu": 112.0}  # race_seconds; others: no race
 
-# bsd68.yaml's budget as it was: every field explicit.
+# bsd68.yaml's budget as it was: every field explicit, and what it loaded to (no race).
 EXPLICIT_BSD68 = {"time_budget_s": 1680, "time_attr": "train_seconds", "max_train_seconds": 1290, "grace_period": 80,
                   "reduction_factor": 3, "max_epochs": 100000, "num_samples": 5, "max_concurrent": 1,
                   "keep_checkpoints": 1}
+OLD_BSD68 = (5, 100000, "train_seconds", 1290.0, 80.0, 3.0, 1, 1, 2, 1680.0)
 ONE_NUMBER = {"time_budget_s": 1680, "reduction_factor": 3, "num_samples": 5, "max_concurrent": 1}
 
 
@@ -69,59 +73,114 @@ def test_every_shipped_spec_keeps_its_budget():
     for name, values in BEFORE.items():
         now, before = budget_of(load_spec(SPACES / f"{name}.yaml")), dict(zip(KEYS, values))
         for key in KEYS:
-            tol = DERIVED.get(name, {}).get(key)
-            if tol is None:
-                assert now[key] == before[key] and type(now[key]) is type(before[key]), (name, key, now[key])
-            else:
-                assert now[key] == pytest.approx(before[key], rel=tol), (name, key, now[key])
+            assert now[key] == before[key] and type(now[key]) is type(before[key]), (name, key, now[key])
+        b = load_spec(SPACES / f"{name}.yaml").budget
+        assert (b.continue_best, b.race_seconds) == ((True, RACE[name]) if name in RACE else (False, None)), name
 
 
 def test_the_old_explicit_budget_loads_exactly_as_before(tmp_path):
-    assert budget_of(load_spec(spec_file(tmp_path, EXPLICIT_BSD68))) == dict(zip(KEYS, BEFORE["bsd68"]))
+    b = load_spec(spec_file(tmp_path, EXPLICIT_BSD68)).budget
+    assert budget_of(load_spec(spec_file(tmp_path, EXPLICIT_BSD68))) == dict(zip(KEYS, OLD_BSD68))
+    assert (b.continue_best, b.race_seconds, b.max_t, b.race_budget_s) == (False, None, 1290.0, 1680.0)
 
 
-@pytest.mark.parametrize("seconds, max_t, grace", [(1680, 1290.0, 82.8), (600, 461.0, 29.6)])
-def test_one_number_derives_the_rest(tmp_path, seconds, max_t, grace):
-    """bsd68.yaml's budget from time_budget_s alone: 1290 s and a first rung at ~80 s, as set by hand."""
+@pytest.mark.parametrize("seconds, max_train_seconds, race_seconds, grace", [(1680, 1400.0, 272.0, 17.4),
+                                                                            (600, 481.0, 83.5, 5.36)])
+def test_one_number_derives_the_rest(tmp_path, seconds, max_train_seconds, race_seconds, grace):
+    """time_budget_s alone: a race of 30% of it whose trials stop at race_seconds (ASHA's max_t), then
+    the winner continues: its schedules span max_train_seconds, its race seconds and 96.5% of the rest
+    less the winner's start."""
     b = load_budget(tmp_path, **{**ONE_NUMBER, "time_budget_s": seconds})
-    assert (b.time_attr, b.max_train_seconds, b.grace_period, b.max_epochs) == ("train_seconds", max_t, grace, NO_EPOCH_CAP)
-    assert b.max_t == max_t and b.model_fields_set == set(ONE_NUMBER)
-    # Three rungs below max_t; a full trial and 4 others to the first rung fit in the training share.
-    assert grace * 3 ** 2 < max_t < grace * 3 ** 3
-    assert max_t + 4 * grace <= TRAINING_SHARE * seconds * 1.001
+    assert (b.time_attr, b.max_train_seconds, b.grace_period, b.max_epochs) == \
+        ("train_seconds", max_train_seconds, grace, NO_EPOCH_CAP)
+    assert (b.continue_best, b.race_seconds, b.max_t) == (True, race_seconds, race_seconds)
+    assert (b.race_budget_s, b.race_limit_s) == pytest.approx((0.3 * seconds, 1.5 * 0.3 * seconds))
+    assert b.model_fields_set == set(ONE_NUMBER)
+    # Three rungs below the race's end; its start-up, one trial to the end, 4 others to the first rung and
+    # the expected promotions fit in the race.
+    assert grace * 3 ** 2 < race_seconds < grace * 3 ** 3 and b.rungs == pytest.approx([grace, 3 * grace, 9 * grace])
+    promoted = 4 * (grace * 2 / 3 + 6 * grace / 9 + (race_seconds - 9 * grace) / 27)
+    assert RACE_START_S + 5 * TRIAL_SETUP_S + race_seconds + 4 * grace + promoted <= TRAINING_SHARE * 0.3 * seconds * 1.001
+    assert max_train_seconds == pytest.approx(race_seconds + TRAINING_SHARE * 0.7 * seconds - CONTINUE_START_S, rel=5e-3)
+
+
+def _race(time_budget_s: float, num_samples: int, max_concurrent: int, reduction_factor: float, race_share: float):
+    """race_seconds by the rule, written out: a slot's race training is its wall time (race_share of
+    time_budget_s) at 96.5%, less Ray's start-up and a set-up per trial; one trial to the end, each
+    other to the first rung (race / rf**2.5) and on, the best 1/rf at each rung."""
+    rf, waves = reduction_factor, math.ceil(num_samples / max_concurrent)
+    rungs = [1, rf, rf ** 2, rf ** FIRST_RUNG_DEPTH]  # in first rungs
+    challenger = 1 + sum((rungs[k] - rungs[k - 1]) / rf ** k for k in (1, 2, 3))
+    training = TRAINING_SHARE * race_share * time_budget_s - RACE_START_S - waves * TRIAL_SETUP_S
+    return training / (1 + (waves - 1) * challenger / rf ** FIRST_RUNG_DEPTH)
 
 
 @pytest.mark.parametrize("num_samples, max_concurrent, reduction_factor",
                          [(5, 1, 3), (5, 2, 3), (5, 5, 3), (5, 8, 3), (64, 8, 3), (4, 1, 2), (24, 2, 4), (1, 1, 3)])
-def test_the_rule(tmp_path, num_samples, max_concurrent, reduction_factor):
-    """max_t (1 + (waves - 1) / rf**2.5) = 0.965 time_budget_s, grace = max_t / rf**2.5, 3 significant figures."""
+@pytest.mark.parametrize("race_share", [0.3, 0.5])
+def test_the_rule(tmp_path, num_samples, max_concurrent, reduction_factor, race_share):
+    """race_seconds as :func:`_race`, grace = race / rf**2.5, max_train_seconds = race + 0.965
+    (1 - race_share) time_budget_s - the winner's start, 3 significant figures."""
     b = load_budget(tmp_path, time_budget_s=1000, num_samples=num_samples, max_concurrent=max_concurrent,
-                    reduction_factor=reduction_factor)
+                    reduction_factor=reduction_factor, race_share=race_share)
+    race = _race(1000, num_samples, max_concurrent, reduction_factor, race_share)
+    assert b.race_seconds == pytest.approx(race, rel=5e-3)
+    assert b.grace_period == pytest.approx(race / reduction_factor ** FIRST_RUNG_DEPTH, rel=5e-3)
+    assert b.max_train_seconds == pytest.approx(race + TRAINING_SHARE * (1 - race_share) * 1000 - CONTINUE_START_S,
+                                                rel=5e-3)
+    if num_samples <= max_concurrent:  # every trial runs at once: each may race the whole race
+        assert b.race_seconds == pytest.approx(TRAINING_SHARE * race_share * 1000 - RACE_START_S - TRIAL_SETUP_S,
+                                               rel=5e-3)
+
+
+def test_no_room_for_a_race_is_the_search_without_one(tmp_path):
+    """A budget too short for a race (Ray's start-up and the trials' set-ups would take it all)
+    derives as before the winner continued; asked for one, it is a one-line error."""
+    b = load_budget(tmp_path, **{**ONE_NUMBER, "time_budget_s": 60})
+    assert (b.continue_best, b.race_seconds, b.max_train_seconds, b.max_t) == (False, None, 46.1, 46.1)
+    msg = spec_error(spec_file(tmp_path, {**ONE_NUMBER, "time_budget_s": 60, "continue_best": True}))
+    assert "budget: time_budget_s 60 leaves the race (0.3 of it) no training time" in msg, msg
+
+
+@pytest.mark.parametrize("num_samples, max_concurrent, reduction_factor",
+                         [(5, 1, 3), (5, 2, 3), (5, 5, 3), (64, 8, 3), (4, 1, 2), (1, 1, 3)])
+def test_the_rule_without_a_race(tmp_path, num_samples, max_concurrent, reduction_factor):
+    """continue_best: false: every trial's own budget, max_t (1 + (waves - 1) / rf**2.5) = 0.965
+    time_budget_s, grace = max_t / rf**2.5 (as before the winner continued)."""
+    b = load_budget(tmp_path, time_budget_s=1000, num_samples=num_samples, max_concurrent=max_concurrent,
+                    reduction_factor=reduction_factor, continue_best=False)
     waves = math.ceil(num_samples / max_concurrent)
     max_t = TRAINING_SHARE * 1000 / (1 + (waves - 1) / reduction_factor ** FIRST_RUNG_DEPTH)
-    assert b.max_train_seconds == pytest.approx(max_t, rel=5e-3)
+    assert (b.continue_best, b.race_seconds, b.race_budget_s) == (False, None, 1000.0)
+    assert b.max_train_seconds == pytest.approx(max_t, rel=5e-3) and b.max_t == b.max_train_seconds
     assert b.grace_period == pytest.approx(max_t / reduction_factor ** FIRST_RUNG_DEPTH, rel=5e-3)
     if waves == 1:  # every trial runs at once: each may use nearly the whole budget
         assert b.max_train_seconds == 965.0
 
 
 def test_more_trials_at_once_give_each_more_seconds(tmp_path):
-    by_concurrency = [load_budget(tmp_path, **{**ONE_NUMBER, "max_concurrent": c}).max_train_seconds for c in (1, 2, 5)]
-    assert by_concurrency == sorted(by_concurrency) and by_concurrency == [1290.0, 1440.0, 1620.0]
+    budgets = [load_budget(tmp_path, **{**ONE_NUMBER, "max_concurrent": c}) for c in (1, 2, 5)]
+    assert [b.race_seconds for b in budgets] == [272.0, 344.0, 463.0]
+    assert [b.max_train_seconds for b in budgets] == [1400.0, 1470.0, 1590.0]
 
 
 def test_the_trials_and_their_schedules_get_the_derived_seconds(tmp_path):
-    """The derived max_train_seconds is every trial's: the cosine / one-cycle schedules span it (tuner.train)."""
+    """The derived max_train_seconds is every trial's: the cosine / one-cycle schedules span it from the
+    first step (tuner.train), though the race stops them at race_seconds; the winner trains to it."""
     spec = load_spec(SPACES / "bsd68.yaml")
     base = spec.base_config()
-    assert (base["max_train_seconds"], base["max_epochs"]) == (1290.0, NO_EPOCH_CAP)
+    assert (base["max_train_seconds"], base["max_epochs"]) == (1400.0, NO_EPOCH_CAP)
     trial = TrialConfig(**{**base, "width": 16, "latent_dim": 128, "lr": 1e-3, "loss": "mse"})
-    assert trial.max_train_seconds == 1290.0 and trial.lr_schedule == "cosine"
+    assert trial.max_train_seconds == 1400.0 and trial.lr_schedule == "cosine"
 
 
 @pytest.mark.parametrize("extra, expect", [
-    ({"grace_period": 50}, {"grace_period": 50.0, "max_train_seconds": 1290.0}),
-    ({"max_epochs": 400, "time_attr": "train_seconds"}, {"max_epochs": 400, "max_train_seconds": 1290.0}),
+    ({"grace_period": 50}, {"grace_period": 50.0, "max_train_seconds": 1400.0, "race_seconds": 272.0}),
+    ({"max_epochs": 400, "time_attr": "train_seconds"}, {"max_epochs": 400, "max_train_seconds": 1400.0}),
+    ({"race_seconds": 600}, {"race_seconds": 600.0, "max_train_seconds": 1730.0, "grace_period": 38.5}),
+    ({"race_share": 0.5}, {"race_seconds": 467.0, "max_train_seconds": 1270.0, "race_budget_s": 840.0}),
+    ({"continue_best": False}, {"continue_best": False, "race_seconds": None, "max_train_seconds": 1290.0,
+                                "grace_period": 82.8}),
     ({"max_train_seconds": 1000, "time_attr": "train_seconds"}, {"max_train_seconds": 1000.0, "grace_period": 1.0,
                                                                  "max_epochs": 10}),
     # The budget in epochs, said (time_attr) or implied (max_epochs): time_budget_s is only the wall-clock limit.
@@ -149,19 +208,20 @@ def _cli_spec(path: Path, *flags: str):
 def test_time_budget_flag_derives_again():
     """bsd68.yaml at 10 minutes is one flag: the derived fields follow it, not the 30-minute values."""
     spec = _cli_spec(SPACES / "bsd68.yaml", "--time-budget-s", "600")
-    assert (spec.budget.time_budget_s, spec.budget.max_train_seconds, spec.budget.grace_period) == (600.0, 461.0, 29.6)
-    assert spec.base_config()["max_train_seconds"] == 461.0
+    assert (spec.budget.time_budget_s, spec.budget.max_train_seconds, spec.budget.grace_period,
+            spec.budget.race_seconds) == (600.0, 481.0, 5.36, 83.5)
+    assert spec.base_config()["max_train_seconds"] == 481.0
     assert "max_train_seconds" not in spec.budget.model_fields_set  # still derived: a second override follows too
     back = spec.with_overrides(time_budget_s=1680)
     assert budget_of(back) == budget_of(load_spec(SPACES / "bsd68.yaml"))
     wider = _cli_spec(SPACES / "bsd68.yaml", "--max-concurrent", "5")
-    assert (wider.budget.max_train_seconds, wider.budget.grace_period) == (1620.0, 104.0)
+    assert (wider.budget.max_train_seconds, wider.budget.grace_period) == (1590.0, 29.7)
 
 
 def test_an_override_keeps_what_the_spec_set(tmp_path):
     path = spec_file(tmp_path, {**ONE_NUMBER, "grace_period": 20})
     b = _cli_spec(path, "--time-budget-s", "600").budget
-    assert (b.max_train_seconds, b.grace_period) == (461.0, 20.0)
+    assert (b.max_train_seconds, b.grace_period) == (481.0, 20.0)
     old = _cli_spec(spec_file(tmp_path, EXPLICIT_BSD68, "old.yaml"), "--time-budget-s", "600").budget
     assert (old.time_budget_s, old.max_train_seconds, old.grace_period) == (600.0, 1290.0, 80.0)  # as before issue 31
 
@@ -184,6 +244,13 @@ def test_resolved_spec_loads_to_the_same_budget(tmp_path, flags):
     ({"time_attr": "train_seconds"}, ["budget: time_attr train_seconds needs max_train_seconds", "or time_budget_s"]),
     ({"time_budget_s": 60, "num_samples": 5, "max_concurrent": 1, "grace_period": 100},
      ["budget: grace_period 100 > max_train_seconds 46.1 (derived from time_budget_s 60)"]),
+    ({"time_budget_s": 60, "time_attr": "epoch", "continue_best": True},
+     ["budget: continue_best needs time_budget_s and a budget in training seconds"]),
+    ({"max_epochs": 5, "continue_best": True}, ["budget: continue_best needs time_budget_s"]),
+    ({"time_budget_s": 60, "continue_best": False, "race_seconds": 10}, ["budget: race_seconds needs continue_best: true"]),
+    ({"time_budget_s": 60, "race_seconds": 100, "max_train_seconds": 50, "time_attr": "train_seconds",
+      "continue_best": True}, ["budget: race_seconds 100 > max_train_seconds 50"]),
+    ({"time_budget_s": 60, "race_share": 1}, ["budget.race_share", "less than 1"]),
     ({"time_budget_s": 60, "time_attr": "epoch", "max_train_seconds": 30}, ["budget: max_train_seconds needs time_attr train_seconds"]),
     ({"time_budget_s": 0}, ["budget.time_budget_s", "greater than 0"]),
     ({"time_budget_s": "long"}, ["budget.time_budget_s", "number"]),

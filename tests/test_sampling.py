@@ -227,6 +227,30 @@ def test_a_trial_validates_at_asha_rungs_whatever_it_costs():
         assert after - m <= 3 * epoch_seconds + 0.05, (m, before, after)
 
 
+def test_a_rung_cuts_the_epoch_where_it_falls():
+    """Epochs of 32 steps: a milestone (an ASHA rung) ends the epoch at the step that crosses it, so
+    trials are judged after the same training seconds to within a step, not an epoch; the budget
+    and the epochs after it are untouched."""
+    data = _photos(patches=256)
+    config = TrialConfig(width=4, depth=1, latent_dim=4, batch_size=8, residual="pixel", max_epochs=100000,
+                         max_train_seconds=2.0)
+    milestones = (0.4, 0.8, 1.6)
+    rows = [e.metrics for e in fit(config, data, Noise("gaussian", 0.1), threads=1, milestones=milestones)]
+    seconds = [m["train_seconds"] for m in rows]
+    step = max(r["train_seconds"] / (r["samples_seen"] / 8) for r in rows)  # the slowest step's average
+    epoch = 32 * step
+    for m in milestones:
+        after = min(t for t in seconds if t >= m)
+        assert after - m <= 2 * step + 0.02 < epoch, (m, after, step)
+    assert seconds[-1] >= 2.0 and rows[-1]["samples_seen"] % 8 == 0
+
+
 def test_the_budgets_rungs_are_rays():
+    """BudgetSpec.rungs are the milestones of Ray's own ASHA bracket, to the bit (with the race, below race_seconds)."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
     spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "bsd68.yaml")
-    assert spec.budget.rungs == pytest.approx([82.8, 248.4, 745.2])
+    b = spec.budget
+    assert b.rungs == pytest.approx([17.4, 52.2, 156.6]) and b.max_t == b.race_seconds == 272.0
+    bracket = _Bracket(min_t=b.grace_period, max_t=b.max_t, reduction_factor=b.reduction_factor, s=0)
+    assert sorted(m for m, _ in bracket._rungs) == b.rungs

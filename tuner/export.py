@@ -71,7 +71,9 @@ def export_best(results, spec: ExperimentSpec, data: Splits, run_dir: str) -> tu
         "noisy_test_psnr": float(psnr_per_image(test.noisy, test.clean).mean()),
         "epoch": int(state["epoch"]),
         "train_seconds": float(state.get("train_seconds", 0.0)),
-        "trial_id": best.metrics.get("trial_id"),
+        # The race's trial, also when its continuation (tuner.search.continue_winner) trained it further.
+        "trial_id": best.metrics.get("continued_from") or best.metrics.get("trial_id"),
+        "continued": bool(best.metrics.get("continued_from")),
     }
     config = {
         "format": "tuner-model/1",

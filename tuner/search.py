@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -28,7 +29,7 @@ from tuner.data import Splits, load_dataset
 from tuner.export import export_best
 from tuner.metrics import METRIC, MODE
 from tuner.noise import Noise
-from tuner.spec import ExperimentSpec, TrialConfig
+from tuner.spec import CONTINUE_START_S, TRAINING_SHARE, ExperimentSpec, TrialConfig
 from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
 from tuner.train import CheckpointCadence, fit, pick_device
 
@@ -43,7 +44,8 @@ class SearchError(Exception):
 # ---------------------------------------------------------------- the trial (Ray adapter)
 
 def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int,
-                checkpoint_every_s: float = 0.0, rungs: tuple[float, ...] = ()) -> None:
+                checkpoint_every_s: float = 0.0, rungs: tuple[float, ...] = (), stop_at: Optional[float] = None,
+                start=None, continued_from: Optional[str] = None) -> None:
     """Ray Tune function trainable: one trial of the search.
 
     Args:
@@ -55,6 +57,10 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
             an epoch is checkpointed on a new best, at the end, and at least this often
             (:class:`tuner.train.CheckpointCadence`); every epoch reports its metrics.
         rungs: ASHA's rungs in training seconds: a trial validates as soon as it reaches one.
+        stop_at: the race's end in training seconds (``budget.race_seconds``): the trial stops there,
+            checkpointed, its schedules spanning ``max_train_seconds`` (``fit(stop_at=)``).
+        start: the winner's continuation: the race's checkpoint (a ``tune.Checkpoint``) to continue from.
+        continued_from: the continued race trial's id, reported with every epoch.
     """
     from ray import tune
 
@@ -62,7 +68,7 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     trial = TrialConfig(**config)
     noise, seed = _eval_noise(eval_noise)
     state = None
-    checkpoint = tune.get_checkpoint()  # set when a crashed or resumed trial restarts
+    checkpoint = tune.get_checkpoint() or start  # its own when a crashed or resumed trial restarts
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
@@ -72,8 +78,11 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     _warn_unusable_gpu(ray.get_gpu_ids())
     device = pick_device().type  # what fit() trains on
     cadence = CheckpointCadence(checkpoint_every_s)
-    for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads, milestones=rungs):
+    for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads, milestones=rungs,
+                     stop_at=stop_at):
         metrics = {**epoch.metrics, "node_id": node, "device": device}
+        if continued_from:
+            metrics["continued_from"] = continued_from
         if not cadence.due(epoch):
             tune.report(metrics)
             continue
@@ -190,13 +199,14 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if hint:
         log.warning(hint)
 
-    eval_noise = spec.eval_noise.model_dump()
-    threads = max(1, int(spec.resources.cpus_per_trial))
+    b = spec.budget
+    params = {"data": data, "eval_noise": spec.eval_noise.model_dump(),  # the object store
+              "threads": max(1, int(spec.resources.cpus_per_trial)), "checkpoint_every_s": b.checkpoint_every_s}
+    resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, data=data, eval_noise=eval_noise, threads=threads,  # object store
-                             checkpoint_every_s=spec.budget.checkpoint_every_s,
-                             rungs=tuple(spec.budget.rungs) if spec.budget.time_attr == "train_seconds" else ()),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+        tune.with_parameters(train_trial, **params, rungs=tuple(b.rungs) if b.time_attr == "train_seconds" else (),
+                             stop_at=b.race_seconds if b.continue_best else None),
+        resources,
     )
     if resume:
         log.info("resuming search %s from %s", spec.name, run_dir)
@@ -205,28 +215,130 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         with study.resuming_in(run_dir):  # the searcher's study moves with the run folder
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        b = spec.budget
         num_samples = b.num_samples if spec.search else 1
         if not spec.search:
             log.info("nothing to search (the spec has no search: entries): training its fixed configuration "
                      "as one trial%s", f"; num_samples {b.num_samples} does not apply" if b.num_samples > 1 else "")
-        each = (f"{b.max_epochs} epochs" if b.time_attr == "epoch" else f"{b.max_train_seconds:g} training seconds")
+        each = (f"{b.max_epochs} epochs" if b.time_attr == "epoch" else f"{b.max_t:g} training seconds")
         log.info("starting search %s: %d trials, up to %s each, in %s", spec.name, num_samples, each, run_dir)
+        if b.continue_best:
+            log.info("the race takes about %.0f s of the %.0f s budget (at most %.0f); then its best trial continues "
+                     "from its checkpoint (to about %.0f training seconds)", b.race_budget_s, b.time_budget_s,
+                     b.race_limit_s, b.max_train_seconds)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
                            scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
     with study.resuming_in(run_dir) if resume else contextlib.nullcontext():
         results = tuner.fit()
-    budget = spec.budget.time_budget_s
+    budget = b.race_limit_s
     url = study.storage_url(spec, run_dir)
     if budget and url and time.monotonic() - fit_start >= budget:  # stopped by the time budget, not Ctrl-C
-        told = study.end_running(study.open_storage(url), spec.name, spec.budget.max_epochs)  # epochs: see end_running
+        told = study.end_running(study.open_storage(url), spec.name, b.max_epochs)  # epochs: see end_running
         log.info("time budget of %g s spent: %d running trial(s) stopped", budget, told)
+    finals: list = []
+    if b.continue_best:
+        # Resumed: the race's time is not known, the winner gets its share; else what the race left.
+        left = b.time_budget_s - (b.race_budget_s if resume else time.monotonic() - fit_start)
+        finals = continue_winner(spec, results, params, resources, run_dir, left_s=left, resume=resume,
+                                 verbose=verbose)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
-    best_dir, best_config, metrics = export_best(results, spec, data, run_dir)
+    best_dir, best_config, metrics = export_best([*results, *finals], spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
 
+
+# ---------------------------------------------------------------- the winner continues
+
+WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
+
+
+def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[float]) -> Optional[str]:
+    """The race's best trial, judged as ASHA judges: at the highest rung that two or more trials
+    reached, by the first ``val_psnr`` at or past it (so a trial that ran further is not preferred
+    for its extra training); with no such rung (one trial), the best ``val_psnr``.
+
+    Args:
+        histories: each trial's validations, ``(train_seconds, val_psnr)`` in order.
+        rungs: ASHA's rungs and the race's end, in training seconds.
+
+    Returns:
+        The winner's key, or None when no trial has a finite validation.
+    """
+    histories = {k: [(t, v) for t, v in h if math.isfinite(v)] for k, h in histories.items()}
+    histories = {k: h for k, h in histories.items() if h}
+    if not histories:
+        return None
+    for rung in sorted(rungs, reverse=True):
+        at = {k: next(v for t, v in h if t >= rung) for k, h in histories.items() if h[-1][0] >= rung}
+        if len(at) >= 2:
+            return max(at, key=at.get)
+    return max(histories, key=lambda k: max(v for _, v in histories[k]))
+
+
+def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resources: dict[str, float], run_dir: str, *,
+                    left_s: float, resume: bool = False, verbose: int = 1) -> list:
+    """The winner continues: the race's best trial (:func:`race_winner`) resumes from its best
+    checkpoint as one more Ray Tune experiment, ``<run>/winner/``, and trains for the time the race
+    left, its schedules stretched to span it (``max_train_seconds`` set to where it will end).
+
+    Args:
+        spec: the experiment (``budget.continue_best``).
+        race: the race's results (Ray Tune's ``ResultGrid``).
+        params: :func:`train_trial`'s data, noise, threads and checkpoint cadence.
+        resources: a trial's resources.
+        run_dir: the run folder.
+        left_s: wall seconds left of ``budget.time_budget_s``.
+        resume: continue an interrupted continuation if there is one.
+        verbose: Ray Tune's verbosity.
+
+    Returns:
+        The continuation's results (none when there was no time or no winner).
+    """
+    from ray import tune
+
+    b = spec.budget
+    ok = [r for r in race if r.metrics and not r.metrics.get("diverged") and r.best_checkpoints]
+    histories = {}
+    for r in ok:
+        df = r.metrics_dataframe
+        rows = df[["train_seconds", METRIC]].itertuples(index=False) if df is not None and METRIC in df else []
+        histories[r.metrics["trial_id"]] = [(float(t), float(v)) for t, v in rows]
+    key = race_winner(histories, [*b.rungs, b.race_seconds])
+    if key is None:
+        log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
+        return []
+    winner = next(r for r in ok if r.metrics["trial_id"] == key)
+    checkpoint, metrics = max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    trained = float(metrics.get("train_seconds", 0.0))
+    seconds = trained + TRAINING_SHARE * left_s - CONTINUE_START_S
+    if seconds <= trained + b.grace_period:
+        log.info("the race left %.0f s: too little for its winner, trial %s, to continue", left_s, key)
+        return []
+    log.info("the race is over: trial %s wins (val_psnr %.2f dB at %.0f training seconds); it continues "
+             "to %.0f training seconds in %s", key, metrics.get(METRIC, math.nan), trained, seconds,
+             join(run_dir, WINNER))
+    trainable = tune.with_resources(tune.with_parameters(train_trial, **params, start=checkpoint, continued_from=key),
+                                    resources)
+    folder = join(run_dir, WINNER)
+    if resume and exists(join(folder, "tuner.pkl")):
+        tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**winner.config, "max_train_seconds": round(seconds, 1)},
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=1, time_budget_s=max(1.0, left_s),
+                                        trial_name_creator=lambda t: f"{WINNER}_{key}",
+                                        trial_dirname_creator=lambda t: f"{WINNER}_{key}"),
+            run_config=tune.RunConfig(
+                name=WINNER, storage_path=run_dir, verbose=verbose,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=b.keep_checkpoints,
+                                                        checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+                failure_config=tune.FailureConfig(max_failures=b.max_failures)),
+        )
+    return list(tuner.fit())
+
+
+# ---------------------------------------------------------------- Ray Tune's parts
 
 def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Optional[type] = None):
     """The run's :class:`tuner.study.StudySearch` (TPE from :func:`make_sampler`) on its study storage.
@@ -281,7 +393,7 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
         trainable,
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=num_samples, time_budget_s=b.time_budget_s,
+            metric=METRIC, mode=MODE, num_samples=num_samples, time_budget_s=b.race_limit_s,
             search_alg=search_alg, scheduler=scheduler,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
             # A trial of a few seconds would otherwise pay for a fresh worker process and a

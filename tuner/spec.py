@@ -195,6 +195,15 @@ TRAINING_SHARE = 0.965  # of time_budget_s, spent in training steps (train_secon
 FIRST_RUNG_DEPTH = 2.5  # grace_period = max_train_seconds / reduction_factor**2.5: three rungs below max_t
 # (grace, x rf, x rf^2), the top one half a rung (sqrt(rf)) under it, so a trial that survives every rung
 # still trains sqrt(rf) times longer; bsd68.yaml's hand-set 80 s of 1290 is rf**2.53 at rf 3.
+# The race (continue_best) pays fixed costs out of its wall time, measured on the 2-core CPU (bench_versus,
+# impulse_bsd68): Ray Tune's start to the first trial's first step (Ray, a worker process, torch's import,
+# the data from the object store) ~22 s, and each trial's set-up and first validation ~3 s.
+RACE_START_S = 20.0
+TRIAL_SETUP_S = 3.0
+# The winner's continuation, a new Tune experiment in the same Ray: its trial function started 4 s after
+# the race ended, then loaded the checkpoint and validated once before training (impulse_bsd68: ~8 s).
+CONTINUE_START_S = 8.0
+RACE_OVERRUN = 1.5  # the race may run over its plan by half (promotions vary) before Tune stops it
 NO_EPOCH_CAP = 100_000  # max_epochs' largest value: with the budget in seconds, epochs do not end a trial
 
 
@@ -225,6 +234,14 @@ class BudgetSpec(_Section):
     # Wall-clock limit of the search (Ray Tune's time_budget_s): when it is spent, running trials stop
     # where they are (told to Optuna as PRUNED), no new ones start, and the best model so far is exported.
     time_budget_s: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None
+    # The winner continues (a budget in seconds): the search is first a race, race_share of
+    # time_budget_s, whose trials stop at race_seconds (ASHA's max_t, its rungs below it); then the
+    # race's best trial continues from its checkpoint to the end of the budget, its schedules spanning
+    # max_train_seconds from its first step, so the race costs only what the losers trained.
+    # Default: on when time_budget_s alone sets the budget; race_seconds and max_train_seconds derived.
+    continue_best: Optional[bool] = None
+    race_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    race_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None
 
     @model_validator(mode="after")
     def _derive(self) -> "BudgetSpec":
@@ -232,7 +249,13 @@ class BudgetSpec(_Section):
         given = set(self.model_fields_set)  # what the spec set, before the assignments below add to it
         in_seconds = (self.time_attr == "train_seconds" if "time_attr" in given else "max_epochs" not in given)
         derived = self.time_budget_s is not None and self.max_train_seconds is None and in_seconds
-        if derived:
+        if self.continue_best is None:  # on when time_budget_s alone sets the budget and a race fits in it
+            self.continue_best = derived and self._race_training(math.ceil(self.num_samples / self.max_concurrent)) > 0
+        if self.continue_best:
+            self._derive_race(given)
+        elif self.race_seconds is not None:
+            raise ValueError("race_seconds needs continue_best: true (the race's end, where its winner continues)")
+        elif derived:
             self.time_attr = "train_seconds"
             waves = math.ceil(self.num_samples / self.max_concurrent)  # trials a slot runs in turn
             first_rung = self.reduction_factor ** FIRST_RUNG_DEPTH  # max_t / grace_period
@@ -251,6 +274,9 @@ class BudgetSpec(_Section):
         elif self.max_train_seconds is None:
             raise ValueError("time_attr train_seconds needs max_train_seconds (the training seconds of a trial "
                              "that runs to the end) or time_budget_s (the search's seconds, to derive it from)")
+        if self.continue_best and self.race_seconds > self.max_train_seconds:
+            raise ValueError(f"race_seconds {self.race_seconds:g} > max_train_seconds {self.max_train_seconds:g} "
+                             f"(the race ends before the winner's whole training)")
         if self.grace_period > self.max_t:
             source = f" (derived from time_budget_s {self.time_budget_s:g})" if derived else ""
             raise ValueError(f"grace_period {self.grace_period:g} > {self.max_t_key} {self.max_t:g}{source}")
@@ -259,10 +285,67 @@ class BudgetSpec(_Section):
         object.__setattr__(self, "__pydantic_fields_set__", given)
         return self
 
+    def _derive_race(self, given: set[str]) -> None:
+        """``continue_best``: the race's end (``race_seconds``, ASHA's ``max_t``), the winner's whole
+        training (``max_train_seconds``: its race seconds and TRAINING_SHARE of the rest), the first
+        rung, from ``time_budget_s``; fields the spec set are kept."""
+        if self.time_budget_s is None or ("time_attr" in given and self.time_attr != "train_seconds"):
+            raise ValueError("continue_best needs time_budget_s and a budget in training seconds (time_attr "
+                             "train_seconds): the winner continues for what is left of the time budget")
+        self.time_attr = "train_seconds"
+        waves = math.ceil(self.num_samples / self.max_concurrent)
+        rf = self.reduction_factor
+        first_rung = rf ** FIRST_RUNG_DEPTH
+        if self.race_seconds is None:
+            # In a slot, the first trial races to the end (asynchronous ASHA lets it through every rung);
+            # each later one trains to the first rung, and the best 1/rf of those to the next, and so on:
+            # a challenger costs `challenger` first rungs on average.
+            tops = [rf ** k for k in range(math.ceil(FIRST_RUNG_DEPTH))] + [first_rung]  # rungs / grace_period
+            challenger = 1 + sum((tops[k] - tops[k - 1]) / rf ** k for k in range(1, len(tops)))
+            training = self._race_training(waves)
+            if training <= 0:
+                raise ValueError(f"time_budget_s {self.time_budget_s:g} leaves the race ({self.race_share:g} of it) "
+                                 f"no training time after Ray's start-up (~{RACE_START_S:g} s) and "
+                                 f"{waves} trial set-ups; give more time, or continue_best: false")
+            self.race_seconds = _three_figures(training / (1 + (waves - 1) * challenger / first_rung))
+        if self.max_train_seconds is None:
+            rest = TRAINING_SHARE * (self.time_budget_s - self.race_budget_s) - CONTINUE_START_S
+            self.max_train_seconds = _three_figures(self.race_seconds + max(0.0, rest))
+        if "grace_period" not in given:
+            self.grace_period = _three_figures(self.race_seconds / first_rung)
+        if "max_epochs" not in given:
+            self.max_epochs = NO_EPOCH_CAP
+
+    def _race_training(self, waves: int) -> float:
+        """The race's training seconds in a slot: its wall time less Ray's start-up and trial set-ups."""
+        if self.time_budget_s is None:
+            return 0.0
+        return TRAINING_SHARE * self.race_share * self.time_budget_s - RACE_START_S - waves * TRIAL_SETUP_S
+
+    @property
+    def race_budget_s(self) -> Optional[float]:
+        """The race's planned wall seconds: ``race_share`` of ``time_budget_s`` when the winner
+        continues (``race_seconds`` is sized to fit in it), else the whole of it."""
+        if self.continue_best and self.time_budget_s is not None:
+            return self.race_share * self.time_budget_s
+        return self.time_budget_s
+
+    @property
+    def race_limit_s(self) -> Optional[float]:
+        """Ray Tune's ``time_budget_s`` for the race: :data:`RACE_OVERRUN` times its plan, so that a
+        challenger ASHA promotes past the plan is judged at its rungs rather than cut after the first
+        (the winner then gets less); the whole budget when there is no race."""
+        if self.continue_best and self.time_budget_s is not None:
+            return min(RACE_OVERRUN * self.race_budget_s, self.time_budget_s)
+        return self.time_budget_s
+
     @property
     def max_t(self) -> float:
-        """ASHA's ``max_t``: a whole trial, in ``time_attr`` units."""
-        return self.max_epochs if self.time_attr == "epoch" else self.max_train_seconds
+        """ASHA's ``max_t``: a whole trial, in ``time_attr`` units (the race's end when the winner
+        continues)."""
+        if self.time_attr == "epoch":
+            return self.max_epochs
+        return self.race_seconds if self.continue_best else self.max_train_seconds
 
     @property
     def rungs(self) -> list[float]:
@@ -276,7 +359,9 @@ class BudgetSpec(_Section):
 
     @property
     def max_t_key(self) -> str:
-        return "max_epochs" if self.time_attr == "epoch" else "max_train_seconds"
+        if self.time_attr == "epoch":
+            return "max_epochs"
+        return "race_seconds" if self.continue_best else "max_train_seconds"
 
 
 class ResourcesSpec(_Section):

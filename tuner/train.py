@@ -82,13 +82,16 @@ class Trainer:
         threads: CPU threads for PyTorch (the CPUs given to the trial).
         milestones: training seconds at which a validation is due whatever it costs (the search
             passes ASHA's rungs, so every trial is judged as soon as it reaches one).
+        stop_at: training seconds at which to stop for now (the search's race), the schedules
+            still spanning ``config.max_train_seconds``; None: stop at ``max_train_seconds``.
     """
 
     def __init__(self, config: TrialConfig, data: Splits, eval_noise: Noise, eval_seed: int = 1234,
                  device: Optional[str | torch.device] = None, threads: Optional[int] = None,
-                 milestones: Sequence[float] = ()):
+                 milestones: Sequence[float] = (), stop_at: Optional[float] = None):
         self._clock = time.perf_counter()  # wall_seconds counts from here
         self.milestones = sorted(milestones)
+        self.stop_at = stop_at
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.config = config
@@ -134,8 +137,11 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        """Whether the trial has trained its ``max_train_seconds`` (never, for epoch budgets)."""
+        """Whether the trial has trained its ``max_train_seconds``, or the ``stop_at`` seconds it
+        was told to stop at for now (never, for epoch budgets)."""
         limit = self.config.max_train_seconds
+        if limit is not None and self.stop_at is not None:
+            limit = min(limit, self.stop_at)
         return limit is not None and self.train_seconds >= limit
 
     @property
@@ -192,6 +198,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         seen, trained = 0, 0.0
         space = self.model.output_space
+        # A milestone (an ASHA rung) cuts the epoch where it falls, so that every trial is judged after
+        # the same training seconds to within a step, not an epoch (early in training, seconds apart
+        # are tenths of a dB apart).
+        milestone = min((m for m in self.milestones if m > self.train_seconds), default=math.inf)
         while True:
             loop_start, before = time.perf_counter(), self.train_seconds
             for batch in self._batches():
@@ -211,7 +221,7 @@ class Trainer:
                 # No sync per step: on a GPU this clock runs ahead of the kernels (a lower bound of
                 # the time spent), good enough for the schedule and the budget check...
                 self.train_seconds = before + time.perf_counter() - loop_start
-                if self.budget_spent:
+                if self.budget_spent or self.train_seconds >= milestone:
                     break
             # ...and the epoch's one sync makes the total true: the loop's wall time, batches drawn,
             # steps run and every queued kernel finished, on any device.
@@ -339,11 +349,12 @@ class CheckpointCadence:
 
 def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,
         checkpoint: Optional[dict[str, Any]] = None, device: Optional[str | torch.device] = None,
-        threads: Optional[int] = None, milestones: Sequence[float] = ()) -> Iterator[Epoch]:
+        threads: Optional[int] = None, milestones: Sequence[float] = (),
+        stop_at: Optional[float] = None) -> Iterator[Epoch]:
     """Train one configuration noisy -> clean, yielding after every epoch.
 
     Stops after ``config.max_epochs`` epochs, when ``config.max_train_seconds`` of training are
-    spent, or right after an epoch that diverged.
+    spent (or ``stop_at``), or right after an epoch that diverged.
 
     Args:
         config: the trial's hyperparameters.
@@ -354,11 +365,14 @@ def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int 
         device: where to train; default CUDA when available.
         threads: CPU threads for PyTorch.
         milestones: training seconds at which to validate whatever it costs (:class:`Trainer`).
+        stop_at: training seconds at which to stop for now, the learning-rate schedule still spanning
+            ``config.max_train_seconds``: a search's race ends there, and its winner continues later
+            from the final epoch's checkpoint with ``checkpoint=`` (``tuner.search``).
 
     Yields:
         :class:`Epoch` with the epoch's metrics (see :meth:`Trainer.train_epoch`).
     """
-    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads, milestones)
+    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads, milestones, stop_at)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     while not trainer.finished:

@@ -1,0 +1,178 @@
+"""The winner continues (issue 31): a search with ``budget.time_budget_s`` alone is a race of
+``race_share`` of it, whose trials stop at ``race_seconds`` (ASHA's max_t), then the race's best
+trial resumes from its checkpoint, as one more Ray Tune experiment (``<run>/winner/``), and trains
+for the rest of the budget, its schedule spanning the whole. Real Ray Tune, Optuna, ASHA and
+PyTorch on scikit-learn's digits; the judge (:func:`tuner.search.race_winner`) on plain histories."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tuner
+from tuner.metrics import METRIC
+from tuner.search import WINNER, race_winner
+from tuner.spec import load_spec
+
+from test_reliability import _kill_group, _Search, ray_tmp  # noqa: F401 (ray_tmp: a fixture)
+
+RACE_SPEC = {
+    "name": "race",
+    "seed": 0,
+    "dataset": {"name": "digits"},
+    "eval_noise": {"kind": "gaussian", "level": 0.3},
+    # A race of 0.3 x 50 s whose trials stop at 4 training seconds, then the winner continues. (From
+    # time_budget_s alone a race is derived only when it fits Ray's start-up, ~20 s, in its share.)
+    "budget": {"time_budget_s": 50, "continue_best": True, "race_seconds": 4, "num_samples": 4,
+               "reduction_factor": 2, "max_concurrent": 2, "checkpoint_every_s": 0},
+    "resources": {"cpus_per_trial": 1},
+    "fixed": {"width": 8, "batch_size": 64, "skip": True, "lr_schedule": "cosine"},
+    "search": {"latent_dim": {"choice": [4, 16]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]},
+               "loss": {"choice": ["mse", "bce"]}},
+    "start_from": [{"latent_dim": 16, "lr": 0.004, "loss": "mse"}],
+}
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- the judge
+
+def test_the_winner_is_judged_at_the_highest_rung_two_trials_reached():
+    """ASHA's comparison: b beat a at 30 s; a's extra training to 90 s does not count."""
+    histories = {"a": [(10.2, 20.0), (30.5, 22.0), (90.1, 25.0)], "b": [(10.1, 21.0), (31.0, 23.0)],
+                 "c": [(10.3, 24.0)]}
+    assert race_winner(histories, [10, 30, 90]) == "b"
+    # At the first rung all three are compared: c, stopped there, was best then.
+    assert race_winner({k: h[:1] for k, h in histories.items()}, [10, 30, 90]) == "c"
+
+
+def test_the_value_at_a_rung_is_the_first_validation_past_it():
+    histories = {"a": [(5, 10.0), (12, 20.0), (40, 30.0)], "b": [(9, 15.0), (11, 19.0), (40, 29.0)]}
+    assert race_winner(histories, [10]) == "a"  # 20.0 at 12 s against 19.0 at 11 s
+    assert race_winner(histories, [10, 40]) == "a"  # both reached 40 s: 30.0 against 29.0
+
+
+def test_a_race_of_one_or_none():
+    assert race_winner({"only": [(3, 12.0), (6, 14.0)]}, [10, 30]) == "only"
+    assert race_winner({}, [10]) is None
+    assert race_winner({"x": [(5, math.nan)], "y": []}, [1]) is None
+    assert race_winner({"x": [(5, math.nan)], "y": [(5, 3.0)]}, [1]) == "y"  # a diverged epoch does not count
+
+
+# ---------------------------------------------------------------- a real search
+
+@pytest.fixture(scope="module")
+def race_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("race")
+    path = tmp / "race.yaml"
+    path.write_text(yaml.safe_dump(RACE_SPEC))
+    spec = load_spec(path)
+    result = tuner.tune(spec, storage=str(tmp / "runs"), report=False, verbose=0)
+    return result, spec
+
+
+def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
+    result, spec = race_run
+    b = spec.budget
+    assert b.continue_best and b.race_seconds < b.max_train_seconds and b.race_budget_s == pytest.approx(15)
+    run = Path(result.run_dir)
+    # The race: every trial stopped at race_seconds at the latest (ASHA's max_t; an epoch of digits is
+    # a few hundredths of a second), none continued inside it.
+    race = {p.parent.name.removeprefix("trial_"): _rows(p) for p in run.glob("trial_*/result.json")}
+    assert len(race) >= 2 and all(rows for rows in race.values())
+    assert all(rows[-1]["train_seconds"] <= b.race_seconds + 1.0 for rows in race.values())
+    # The winner: one more experiment, one trial, continuing a race trial from its checkpoint.
+    (folder,) = (run / WINNER).glob(f"{WINNER}_*")
+    rows = _rows(folder / "result.json")
+    winner = {r["continued_from"] for r in rows}
+    assert len(winner) == 1 and winner <= set(race)
+    (winner,) = winner
+    raced = race[winner]
+    assert rows[0]["train_seconds"] > max(r["train_seconds"] for r in raced) * 0.5  # not from scratch
+    assert rows[0]["epoch"] > min(r["epoch"] for r in raced)
+    # Its schedule spans the whole: it trained past the race to its own max_train_seconds, where the
+    # cosine schedule ends (the learning rate near zero), having started mid-schedule (near the peak).
+    config = json.loads((folder / "params.json").read_text())
+    assert config["max_train_seconds"] > b.race_seconds
+    assert rows[-1]["train_seconds"] == pytest.approx(config["max_train_seconds"], rel=0.05)
+    assert rows[-1]["lr"] < 0.1 * config["lr"] < rows[0]["lr"]
+    # The export is the continued model, named by the race trial it continued.
+    best = json.loads((Path(result.best_dir) / "metrics.json").read_text())
+    assert best["continued"] is True and best["trial_id"] == winner
+    assert best[METRIC] == pytest.approx(max(r[METRIC] for r in rows), abs=1e-4)
+    assert best[METRIC] > max(r[METRIC] for r in raced)  # training on improved on the race
+    assert best["test_psnr"] > best["noisy_test_psnr"] + 3
+
+
+def test_the_winner_continues_from_the_study_trial_it_was(race_run):
+    """The study (Optuna) holds the race's trials; the winner is one of them, COMPLETE at race_seconds."""
+    import optuna
+
+    result, spec = race_run
+    run = Path(result.run_dir)
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{run / 'study.db'}")
+    best = json.loads((Path(result.best_dir) / "metrics.json").read_text())
+    (trial,) = [t for t in study.trials if t.user_attrs.get("ray_trial_id") == best["trial_id"]]
+    assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    # Its race, epoch by epoch; the continuation trained on past it (and is not a trial of the study).
+    raced = _rows(Path(result.run_dir) / f"trial_{best['trial_id']}" / "result.json")
+    assert len(trial.intermediate_values) == len(raced)
+    assert max(trial.intermediate_values.values()) < best[METRIC] and len(study.trials) == len(result.results)
+
+
+def test_continue_best_false_is_the_old_search(tmp_path):
+    """continue_best: false: no race and no winner folder; every trial's own budget is ASHA's max_t."""
+    data = {**RACE_SPEC, "name": "norace", "budget": {**RACE_SPEC["budget"], "time_budget_s": 20,
+                                                       "continue_best": False}}
+    del data["budget"]["race_seconds"]
+    path = tmp_path / "norace.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = load_spec(path)
+    assert spec.budget.race_seconds is None and spec.budget.max_t == spec.budget.max_train_seconds
+    result = tuner.tune(spec, storage=str(tmp_path / "runs"), report=False, verbose=0)
+    assert not (Path(result.run_dir) / WINNER).exists()
+    best = json.loads((Path(result.best_dir) / "metrics.json").read_text())
+    assert best["continued"] is False and best["test_psnr"] > best["noisy_test_psnr"]
+
+
+# ---------------------------------------------------------------- killed while the winner trains
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_search_killed_while_its_winner_trains_resumes_it(tmp_path, ray_tmp):
+    """SIGKILL the whole search once the winner has a checkpoint of its own; --resume restores the
+    finished race, then the winner's experiment, which continues from its newest checkpoint."""
+    data = {**RACE_SPEC, "name": "killed", "budget": {**RACE_SPEC["budget"], "time_budget_s": 70}}
+    spec_path = tmp_path / "killed.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    storage = tmp_path / "runs"
+    run = storage / "killed"
+    search = _Search(tmp_path, ray_tmp, spec_path)
+    proc, log = search.start(storage, resume=False)
+
+    def winner_checkpointed():
+        return "the race is over" in log.read_text() and list((run / WINNER).glob(f"{WINNER}_*/checkpoint_*"))
+
+    search.kill_when(proc, log, winner_checkpointed, "the winner's first checkpoint")
+    (folder,) = (run / WINNER).glob(f"{WINNER}_*")
+    before = _rows(folder / "result.json") if (folder / "result.json").exists() else []
+    assert not (run / "best").exists()
+
+    proc, log = search.start(storage, resume=True)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        _kill_group(proc.pid)
+    out = log.read_text()
+    assert proc.returncode == 0, out[-4000:]
+    rows = _rows(folder / "result.json")
+    assert len(rows) > len(before) and len({r["continued_from"] for r in rows}) == 1
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert best["continued"] is True and best["trial_id"] == rows[0]["continued_from"]
+    assert best["test_psnr"] > best["noisy_test_psnr"] + 3
+    assert (run / WINNER / "tuner.pkl").is_file() and len(list((run / WINNER).glob(f"{WINNER}_*"))) == 1
