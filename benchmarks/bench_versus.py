@@ -7,7 +7,9 @@ arm runs in its own process, one after another, never two at once:
 
 - ``tuner``: ``tuner tune SPEC --no-report`` as shipped (Ray Tune, Optuna TPE, ASHA in training
   seconds), its ``budget.time_budget_s`` set to W less its measured start-up and export, so that
-  ``best/metrics.json`` (its ``test_psnr``) is written by W.
+  ``best/metrics.json`` (its ``test_psnr``) is written by W. From ``time_budget_s`` alone the search
+  is a race, then its winner continues from its checkpoint (``budget.continue_best``); the record's
+  trial log lists the continuation as ``winner_<trial>``.
 - ``alone``: no search. The spec's first ``start_from`` (on its ``fixed`` and defaults) trained by
   ``tuner.fit`` for the whole budget, its learning-rate schedule spanning it; the best validation
   epoch's weights are scored.
@@ -578,7 +580,8 @@ def render(scale: float = 1.0) -> str:
     lines += ["Each arm gets the same task (one spec: data, noise, validation and test images, model family, "
               "search space, warm start) and the same wall time W, from its process start to its test score "
               "(start-up, export and scoring included), one arm at a time. `tuner`: `tuner tune SPEC` as shipped, "
-              "its `time_budget_s` set to W less its start-up and export. `alone`: the spec's warm start "
+              "its `time_budget_s` set to W less its start-up and export (from it alone: a race of 30% of it, "
+              "then the race's winner continues from its checkpoint; docs/search-spaces.md). `alone`: the spec's warm start "
               "(`start_from[0]`) trained by `tuner.fit` for all of W, its schedule spanning it. `optuna`: Optuna "
               "alone on the same space, `fit` and per-trial budget: `TPESampler` (the spec's searcher settings) + "
               "`HyperbandPruner` told `val_psnr` per validation, the warm start enqueued, "

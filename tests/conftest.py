@@ -55,3 +55,16 @@ def postgres_url():
         pytest.skip(why)
     with pgserver.postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def ray_tmp():
+    """A private Ray temp dir (short: Ray's unix socket paths must fit in 107 bytes), for a search run
+    in its own session whose processes a test may kill (tests/test_reliability.py, tests/test_race.py)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

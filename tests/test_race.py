@@ -17,7 +17,7 @@ from tuner.metrics import METRIC
 from tuner.search import WINNER, race_winner
 from tuner.spec import load_spec
 
-from test_reliability import _kill_group, _Search, ray_tmp  # noqa: F401 (ray_tmp: a fixture)
+from test_reliability import _kill_group, _Search  # the killed-search helpers
 
 RACE_SPEC = {
     "name": "race",

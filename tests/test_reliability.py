@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -157,14 +156,6 @@ def _experiment_state(run: Path) -> Optional[dict[str, dict]]:
 def _ray_env(ray_tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return {**env, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp)}
-
-
-@pytest.fixture
-def ray_tmp():
-    """A private Ray temp dir (short: Ray's unix socket paths must fit in 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- 1. a driver killed anywhere resumes

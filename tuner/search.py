@@ -277,7 +277,7 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
 
 def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resources: dict[str, float], run_dir: str, *,
                     left_s: float, resume: bool = False, verbose: int = 1) -> list:
-    """The winner continues: the race's best trial (:func:`race_winner`) resumes from its best
+    """The winner continues: the race's best trial (:func:`race_winner`) resumes from its latest
     checkpoint as one more Ray Tune experiment, ``<run>/winner/``, and trains for the time the race
     left, its schedules stretched to span it (``max_train_seconds`` set to where it will end).
 
@@ -308,7 +308,10 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
         return []
     winner = next(r for r in ok if r.metrics["trial_id"] == key)
-    checkpoint, metrics = max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    # Its latest checkpoint (Ray always keeps it), where the race left it: a better validation earlier
+    # was a noisier measure of a less trained model, mid-schedule.
+    latest = [(c, m) for c, m in winner.best_checkpoints if winner.checkpoint and c.path == winner.checkpoint.path]
+    checkpoint, metrics = (latest or [max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))])[0]
     trained = float(metrics.get("train_seconds", 0.0))
     seconds = trained + TRAINING_SHARE * left_s - CONTINUE_START_S
     if seconds <= trained + b.grace_period:

@@ -1,0 +1,165 @@
+"""Contract tests: the formats tuner reads and edits behind Ray's and Optuna's public APIs.
+
+``tuner/resume.py`` repairs Ray Tune's experiment snapshot (``experiment_state-*.json``, the
+search generator's ``search_gen_state-*.json``) before ``Tuner.restore``, through Ray's private
+loaders, and tells the Optuna study the epochs it missed. Those formats are not versioned: an
+upgrade of Ray or Optuna can change them without a word. These tests run the repair, and a real
+resume, on a search recorded on disk as a kill left it (``tests/recorded/killed``, made by
+``tests/recorded/record.py`` with the pinned versions: re-record after an upgrade). They are
+deterministic: the test makes each case (a snapshot naming a deleted checkpoint, a half-written
+checkpoint, a snapshot that agrees) from the recorded folder, instead of racing a kill against
+Ray's snapshot clock (tests/test_reliability.py keeps one end-to-end kill).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.metrics import METRIC
+from tuner.resume import repair
+
+RECORDED = Path(__file__).resolve().parent / "recorded" / "killed"
+
+
+def _snapshot_path(run: Path) -> Path:
+    return sorted(run.glob("experiment_state-*.json"))[-1]
+
+
+def _trials(run: Path) -> list[tuple[dict, str]]:
+    """(trial json, run metadata json) of each trial in the newest snapshot."""
+    return [(json.loads(t), m) for t, m in json.loads(_snapshot_path(run).read_text())["trial_data"]]
+
+
+def _named_latest(meta_json: str) -> str:
+    """The checkpoint folder the snapshot names as a trial's latest, read by Ray's own loader."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    latest = _TrainingRunMetadata.from_json_state(meta_json).checkpoint_manager.latest_checkpoint_result
+    return latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _trial_lines(lines: list[str]) -> list[str]:
+    """The repair's lines about trials (the recorded folder also moved: that line is left out)."""
+    return [line for line in lines if not line.startswith("the run folder moved")]
+
+
+def _study(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    if not RECORDED.is_dir():
+        pytest.fail(f"{RECORDED} is missing: python tests/recorded/record.py")
+    dest = tmp_path / "runs" / RECORDED.name
+    shutil.copytree(RECORDED, dest)
+    return dest
+
+
+@pytest.fixture
+def running(run) -> tuple[Path, dict, Path, list[str]]:
+    """The recorded run, its running trial, that trial's folder and its checkpoints on disk (oldest first)."""
+    (trial, meta), = [(t, m) for t, m in _trials(run) if t["status"] == "RUNNING"]
+    folder = run / f"trial_{trial['trial_id']}"
+    on_disk = sorted(p.name for p in folder.glob("checkpoint_*"))
+    assert len(on_disk) >= 2, on_disk
+    return run, trial, folder, on_disk
+
+
+def test_ray_reads_the_recorded_snapshot(run):
+    """What tuner.resume parses with Ray's private loaders still parses: each trial's status, its
+    storage (cloudpickled), its checkpoint manager and last result."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    trials = _trials(run)
+    assert [t["status"] for t, _ in trials] == ["TERMINATED", "RUNNING"]
+    for trial, meta_json in trials:
+        storage = _loads_with_cloudpickle(json.dumps(trial["storage"]))
+        assert storage.trial_dir_name == f"trial_{trial['trial_id']}" and storage.experiment_dir_name == run.name
+        meta = _TrainingRunMetadata.from_json_state(meta_json)
+        assert meta.checkpoint_manager.checkpoint_config.num_to_keep == 2
+        assert isinstance(meta.last_result.get(METRIC), float) and meta.last_result["training_iteration"] >= 1
+        assert _named_latest(meta_json).startswith("checkpoint_")
+
+
+def test_the_recorded_study_has_the_running_trial(run):
+    """The Optuna side, by its public API: the first trial COMPLETE, the second RUNNING, each naming
+    its Ray trial (tuner.study.RAY_TRIAL_ID)."""
+    from tuner.study import RAY_TRIAL_ID
+
+    study = _study(run)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    assert [t.user_attrs[RAY_TRIAL_ID] for t in study.trials] == [t["trial_id"] for t, _ in _trials(run)]
+
+
+def test_a_snapshot_naming_a_deleted_checkpoint_resumes_from_the_newest_on_storage(running):
+    """Kill between Ray's deleting a checkpoint and its next snapshot: the snapshot names a folder
+    that is gone. The repair points the trial at the newest complete checkpoint on storage, its
+    last result that checkpoint's, and tells the study that epoch's value if it lacked it."""
+    run, trial, folder, on_disk = running
+    named = _named_latest(dict((t["trial_id"], m) for t, m in _trials(run))[trial["trial_id"]])
+    for name in on_disk:  # what Ray deleted: the named checkpoint and any after it
+        if name >= named:
+            shutil.rmtree(folder / name)
+    left = sorted(p.name for p in folder.glob("checkpoint_*"))
+    assert left, "the recorded trial has no checkpoint older than the one its snapshot names"
+    lines = _trial_lines(repair(str(run), f"sqlite:///{run / 'study.db'}", run.name))
+    assert len(lines) == 1 and f"named {named}, which is gone" in lines[0] and left[-1] in lines[0], lines
+    meta = dict((t["trial_id"], m) for t, m in _trials(run))[trial["trial_id"]]
+    assert _named_latest(meta) == left[-1]
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    last = _TrainingRunMetadata.from_json_state(meta).last_result
+    state = json.loads((folder / left[-1] / "metrics.json").read_text())
+    assert last["training_iteration"] == state["epoch"] and last[METRIC] == pytest.approx(state[METRIC])
+    study_trial = _study(run).trials[1]
+    assert study_trial.intermediate_values[state["epoch"]] == pytest.approx(state[METRIC], abs=1e-6)
+
+
+def test_a_half_written_checkpoint_is_removed(running):
+    """Kill while a checkpoint is written: its state.pt is cut short. The repair removes the folder
+    (the trial writes that index again) and resumes from the newest complete one."""
+    run, trial, folder, on_disk = running
+    newest = folder / on_disk[-1] / "state.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    lines = _trial_lines(repair(str(run)))
+    assert len(lines) == 1 and "removed 1 half-written checkpoint" in lines[0], lines
+    assert not (folder / on_disk[-1]).exists()
+    meta = dict((t["trial_id"], m) for t, m in _trials(run))[trial["trial_id"]]
+    assert _named_latest(meta) == on_disk[-2]
+
+
+def test_a_snapshot_that_agrees_with_storage_is_left_alone(running):
+    run, trial, folder, on_disk = running
+    named = _named_latest(dict((t["trial_id"], m) for t, m in _trials(run))[trial["trial_id"]])
+    for name in on_disk:  # storage as the snapshot says: nothing newer than the checkpoint it names
+        if name > named:
+            shutil.rmtree(folder / name)
+    before = _snapshot_path(run).read_bytes()
+    assert _trial_lines(repair(str(run))) == []  # only "the run folder moved": it was recorded elsewhere
+    assert _snapshot_path(run).read_bytes() == before
+
+
+def test_the_recorded_run_resumes_to_the_end(running):
+    """`tuner tune --resume` on the recorded folder (moved here from where it was recorded): the
+    running trial continues from its newest checkpoint, both trials end, the best is exported."""
+    run, trial, folder, on_disk = running
+    spec = run / "spec.yaml"
+    out = subprocess.run([sys.executable, "-m", "tuner", "tune", str(spec), "--storage", str(run.parent), "--resume",
+                          "--no-report"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "Could not recover from checkpoint" not in out.stdout + out.stderr
+    assert [t["status"] for t, _ in _trials(run)] == ["TERMINATED", "TERMINATED"]
+    rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+    assert rows[-1]["epoch"] == 120
+    assert [t.state for t in _study(run).trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert best["test_psnr"] > best["noisy_test_psnr"]
