@@ -253,6 +253,17 @@ class _Search:
                                     env=self.env, start_new_session=True)
         return proc, log
 
+    def finish(self, storage: Path) -> str:
+        """Resume the search and let it end; its log, once it exited 0."""
+        proc, log = self.start(storage, resume=True)
+        try:
+            proc.wait(timeout=300)
+        finally:
+            _kill_group(proc.pid)
+        out = log.read_text()
+        assert proc.returncode == 0, out[-4000:]
+        return out
+
     def kill_when(self, proc: subprocess.Popen, log: Path, predicate: Callable[[], Any], what: str,
                   timeout: float = 300) -> Any:
         """Poll (every 20 ms) until ``predicate()``; then SIGKILL the search at once and wait for all
@@ -358,13 +369,7 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     search.kill_when(proc, log, lambda: "exporting the best model" in log.read_text(), "the export")
 
     # The last resume ends the search.
-    proc, log = search.start(elsewhere, resume=True)
-    try:
-        proc.wait(timeout=300)
-    finally:
-        _kill_group(proc.pid)
-    out = log.read_text()
-    assert proc.returncode == 0, out[-4000:]
+    out = search.finish(elsewhere)
     assert "Could not recover from checkpoint" not in out
     assert (run / "best" / "model.pt").is_file()
     best = json.loads((run / "best" / "metrics.json").read_text())
