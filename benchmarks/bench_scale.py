@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.search import _open_study, make_sampler, make_scheduler, make_searcher, make_tuner  # noqa: E402
 from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
-from tuner.study import StudySearch  # noqa: E402
+from tuner.searcher import StudySearch  # noqa: E402
 from tuner.train import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_scale"
@@ -359,11 +359,7 @@ def latency_at(times: list[float], n: int) -> Optional[tuple[float, float]]:
 
 def stock_sampler(spec: ExperimentSpec):
     """Optuna's own ``TPESampler``, set as :func:`tuner.search.make_sampler` sets tuner's."""
-    import optuna
-
-    tuners = make_sampler(spec)
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=tuners._n_startup_trials,
-                                      constant_liar=tuners._constant_liar, multivariate=tuners._multivariate)
+    return make_sampler(spec)  # tuner's is Optuna's own since issue 32
 
 
 def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float,
@@ -434,18 +430,14 @@ def replay(arm: str, spec: ExperimentSpec, run_dir: str, trial_seconds: float,
 PROFILED = {  # what a suggestion is made of: function (module suffix, name) -> the report's words
     ("optuna/samplers/_tpe/sampler.py", "sample_relative"): "TPE, all of it (`TPESampler.sample_relative`)",
     ("optuna/samplers/_tpe/sampler.py", "_get_internal_repr"): "TPE: the trials' parameters as arrays",
-    ("tuner/study.py", "_get_internal_repr"): "TPE: the trials' parameters as arrays (tuner's TPESampler, finished trials' kept)",
     ("optuna/samplers/_tpe/sampler.py", "_build_parzen_estimator"): "TPE: the two Parzen estimators",
     ("optuna/samplers/_tpe/sampler.py", "_split_trials"): "TPE: good / bad split of the trials",
     ("optuna/search_space/intersection.py", "calculate"): "the search space of the trials so far",
     ("optuna/study/study.py", "ask"): "`Study.ask`: a new trial, its parameters sampled and written",
     ("optuna/trial/_trial.py", "relative_params"): "of which TPE's joint sample and the search space (`Trial.relative_params`)",
     ("optuna/trial/_trial.py", "_suggest"): "of which `Trial._suggest` (a parameter each, checked and written)",
-    ("tuner/study.py", "set_trial_param"): "of which the parameters, checked and handed to the database (tuner's DriverStorage)",
-    ("tuner/study.py", "flush"): "the trial's parameters and its link to the Ray trial written, together (tuner's DriverStorage)",
     ("optuna/storages/_rdb/storage.py", "set_trial_param"): "of which the database writes of the parameters (Optuna's, one commit each)",
     ("optuna/storages/journal/_storage.py", "set_trial_param"): "of which the journal writes of the parameters (Optuna's, one append each)",
-    ("tuner/study.py", "get_all_trials"): "the study's trials handed to TPE (tuner's DriverStorage)",
     ("optuna/storages/_rdb/storage.py", "get_all_trials"): "the study's trials read from the database",
 }
 

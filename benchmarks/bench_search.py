@@ -10,7 +10,7 @@ each, and the same searcher seed:
 - ``random_asha``: the same random draws, ASHA stopping poor trials;
 - ``stock_tpe``: Ray's stock ``OptunaSearch`` + ASHA: what ``tuner tune`` did before issue 11
   (a trial ASHA stops is told to TPE as ``COMPLETE`` with its early score);
-- ``tpe_pruned``: :class:`tuner.study.StudySearch` + ASHA: stopped trials told as ``PRUNED``;
+- ``tpe_pruned``: :class:`tuner.searcher.StudySearch` + ASHA: stopped trials told as ``PRUNED``;
 - ``tpe_liar_mv``: that plus ``constant_liar`` and ``multivariate`` TPE (``searcher:`` defaults);
 - ``tpe_warm``: that plus the space file's ``start_from`` (the hand-tuned U-Net recipe first):
   ``tuner tune`` as shipped.
@@ -87,6 +87,7 @@ def search_alg(arm: str, spec: ExperimentSpec):
     from ray.tune.search.optuna import OptunaSearch
 
     from tuner import search, study
+    from tuner.searcher import StudySearch
 
     b = spec.budget
     if arm.startswith("random"):
@@ -102,8 +103,8 @@ def search_alg(arm: str, spec: ExperimentSpec):
     study.create_study(storage, spec.name, {})
     for point in arm_spec.start_from:
         optuna.load_study(study_name=spec.name, storage=storage).enqueue_trial(point)
-    searcher = study.StudySearch(max_t=b.max_epochs, metric=METRIC, mode=MODE,
-                                 sampler=search.make_sampler(arm_spec), storage=storage, study_name=spec.name)
+    searcher = StudySearch(max_t=b.max_epochs, metric=METRIC, mode=MODE,
+                           sampler=search.make_sampler(arm_spec), storage=storage, study_name=spec.name)
     return ConcurrencyLimiter(searcher, b.max_concurrent)
 
 

@@ -392,14 +392,14 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     best_seen = max(v for t in study for v in t.intermediate_values.values())
     assert best[METRIC] == pytest.approx(best_seen, abs=1e-4) and best["trial_id"] in final
     # The searcher restores from the copied folder with its TPE sampler, every Ray trial an Optuna one.
-    from tuner.study import StudySearch, resuming_in
+    from tuner.searcher import StudySearch, resuming_in
 
     with resuming_in(str(run)):
         searcher = StudySearch(max_t=max_epochs)
         searcher.restore_from_dir(str(run))
     assert searcher._storage.url == f"sqlite:///{run / STUDY_FILE}"
-    assert isinstance(searcher._ot_study.sampler, optuna.samplers.TPESampler)
-    assert set(searcher._ot_trials) == set(final)
+    assert isinstance(searcher.study.sampler, optuna.samplers.TPESampler)
+    assert set(searcher._numbers) == set(final)
     # The original folder was left as it was copied.
     for p, content in original.items():
         assert p.read_bytes() == content, p

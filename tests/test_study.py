@@ -231,7 +231,8 @@ def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
 
     from ray import tune
 
-    from tuner.study import StudySearch, create_study, default_storage_url, open_storage, resuming_in
+    from tuner.searcher import StudySearch, resuming_in
+    from tuner.study import create_study, default_storage_url, open_storage
 
     old, new = tmp_path / "cluster" / "run", tmp_path / "laptop" / "run"
     old.mkdir(parents=True)
@@ -258,7 +259,7 @@ def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
         restored.restore(str(tmp_path / "searcher.pkl"))
         unpickled = pickle.loads(in_tuner_pkl)
     assert restored._storage.url == unpickled._storage.url == default_storage_url(str(new))
-    assert isinstance(restored._ot_study.sampler, optuna.samplers.TPESampler)
+    assert isinstance(restored.study.sampler, optuna.samplers.TPESampler)
     restored.on_trial_result("t1", {METRIC: 11.0, "epoch": 2, "training_iteration": 2})
     restored.on_trial_complete("t1", {METRIC: 12.0, "epoch": 3, "training_iteration": 3})
     (trial,) = optuna.load_study(study_name="run", storage=default_storage_url(str(new))).trials
@@ -375,7 +376,8 @@ def test_a_study_in_a_journal_file_is_pickled_by_url_and_read_back(tmp_path):
 
     from ray import tune
 
-    from tuner.study import StudySearch, create_study, load_study, open_storage
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, load_study, open_storage
 
     url = f"journal:///{tmp_path / 'runs' / 'study.log'}"
     storage = open_storage(url)
@@ -394,111 +396,57 @@ def test_a_study_in_a_journal_file_is_pickled_by_url_and_read_back(tmp_path):
     assert load_study(url, "journal").metric_names == [METRIC]
 
 
-def test_the_searcher_reads_its_trials_from_memory_and_its_copy_matches_the_database(tmp_path):
-    """The driver is the study's one writer, so tuner.study.DriverStorage answers the searcher's reads
-    from its own copy: a suggestion with trials running reads no trial back from the database (TPE
-    with constant_liar would otherwise re-read every running trial several times per suggestion),
-    and what the searcher sees is exactly what the database holds."""
-    import sqlalchemy
-    from ray import tune
-
-    from tuner.search import make_sampler
-    from tuner.spec import load_spec
-    from tuner.study import StudySearch, create_study, default_storage_url, open_storage
-
-    url = default_storage_url(str(tmp_path / "run"))
-    storage = open_storage(url)
-    create_study(storage, "mirror", {})
-    spec = load_spec(_tiny_variant(tmp_path, {"num_samples": 12}, name="mirror"))
-    searcher = StudySearch(max_t=3, metric=METRIC, mode="max", storage=storage, study_name="mirror",
-                           sampler=make_sampler(spec))  # TPE as tuner runs it: constant_liar, multivariate
-    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1), "depth": tune.randint(1, 4),
-                                                  "loss": tune.choice(["mse", "bce"])})
-    for i in range(10):  # 6 trials told (complete, pruned, failed), 4 left running with curves
-        searcher.suggest(f"t{i}")
-        for epoch in (1, 2, 3)[: 1 + i % 3]:
-            searcher.on_trial_result(f"t{i}", {METRIC: 10.0 + i + epoch, "epoch": epoch, "training_iteration": epoch})
-        if i < 6:
-            searcher.on_trial_complete(f"t{i}", {METRIC: 20.0 + i, "epoch": 1 + i % 3, "training_iteration": 3},
-                                       error=i == 5)
-    reads = []  # the trial ids whose curves the database is asked for
-    sqlalchemy.event.listen(storage.engine, "before_cursor_execute",
-                            lambda conn, cursor, statement, parameters, *rest: reads.append(tuple(parameters))
-                            if "FROM trial_intermediate_values" in statement else None)
-    assert searcher.suggest("t10") is not None
-    new = searcher._ot_trials["t10"]._trial_id
-    assert set(reads) <= {(new,)}, reads  # only the new trial, read once as the database made it
-
-    # What the suggestion wrote, in transactions: the new trial, then its 3 parameters and its link
-    # to the Ray trial (ray_trial_id) together (DriverStorage.flush), not a commit for each.
-    commits = []
-    sqlalchemy.event.listen(storage.engine, "commit", lambda conn: commits.append(1))
-    assert searcher.suggest("t11") is not None
-    assert len(commits) == 2, commits
-    assert open_storage(url).get_trial(searcher._ot_trials["t11"]._trial_id).user_attrs == {"ray_trial_id": "t11"}
-
-    def view(trials):
-        return [(t.number, t.state, t.values, t.params, t.distributions, t.intermediate_values, t.user_attrs,
-                 t.system_attrs) for t in trials]
-
-    study_id = storage.get_study_id_from_name("mirror")
-    mine = searcher._ot_study._storage.get_all_trials(study_id)
-    assert view(mine) == view(open_storage(url).get_all_trials(study_id))
-    assert {t.state for t in mine} == {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING}
 
 
-@pytest.mark.parametrize("storage", ["memory", "sqlite", "journal", "plain RDBStorage"])
-def test_tuners_tpe_suggests_exactly_what_optunas_does(tmp_path, storage):
-    """tuner.study.TPESampler keeps finished trials' parameters as TPE's numbers from one suggestion
-    to the next (Optuna's re-makes them every time): suggestion for suggestion, it samples what
-    Optuna's own TPESampler samples, with trials complete, pruned, failed and running (constant_liar),
-    through a change of the search space, a pickle of the sampler (Tune's snapshots), and through
-    tuner's DriverStorage (on tuner's storages, and on Optuna's plain RDBStorage)."""
+def test_a_searcher_restored_after_a_crash_takes_over_the_trials_asked_since_its_snapshot(tmp_path):
+    """Tune snapshots its searcher now and then; a driver killed after a suggestion but before the
+    next snapshot leaves a study trial RUNNING that the restored searcher never asked. Tune asks
+    again for that many trials: the restored searcher hands those out first (same parameters), so
+    the study gains no duplicate, and then asks new ones. Each trial is told its true state."""
     import pickle
 
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray import tune
 
-    from tuner.study import DriverStorage, TPESampler, open_storage
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, default_storage_url, load_study, open_storage
 
-    space = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "depth": IntDistribution(1, 4),
-             "loss": CategoricalDistribution(["mse", "l1", "ssim"]), "dropout": FloatDistribution(0.0, 0.5, step=0.1)}
+    url = default_storage_url(str(tmp_path / "run"))
+    create_study(open_storage(url), "crash", {})
+    searcher = StudySearch(max_t=3, storage=open_storage(url), study_name="crash",
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1), "depth": tune.randint(1, 4),
+                                                  "loss": "mse"})
+    searcher.suggest("a")
+    snapshot = pickle.dumps(searcher)  # Tune's last snapshot before the kill
+    lost = searcher.suggest("b")  # asked, and written to the study, after it
+    searcher.on_trial_result("b", {METRIC: 9.0, "epoch": 1, "training_iteration": 1})
+    del searcher  # the driver dies
 
-    def score(params):
-        return -abs(params["lr"] - 0.01) * 100 + params["depth"] - 0.5 * ["mse", "l1", "ssim"].index(params["loss"])
+    restored = pickle.loads(snapshot)
+    assert restored.suggest("b2") == lost  # the study's trial #1, taken over
+    assert set(restored.suggest("c")) == {"lr", "depth"}  # a new study trial, #2
+    restored.on_trial_result("a", {METRIC: 10.0, "epoch": 1, "training_iteration": 1})
+    restored.on_trial_complete("a", {METRIC: 11.0, "epoch": 3, "training_iteration": 3})  # ran to max_t
+    restored.on_trial_complete("b2", {METRIC: 8.0, "epoch": 2, "training_iteration": 2})  # stopped at a rung
+    restored.on_trial_complete("c", error=True)
+    restored.on_trial_complete("c", error=False)  # told once: Tune's second word changes nothing
+    trials = load_study(url, "crash").trials
+    assert [(t.number, t.state, t.value) for t in trials] == [
+        (0, TrialState.COMPLETE, 11.0), (1, TrialState.PRUNED, 8.0), (2, TrialState.FAIL, None)]  # pruned: its last value
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a", "b2", "c"]
+    assert trials[1].intermediate_values == {1: 9.0, 2: 8.0}
 
-    def search(sampler_cls, name):
-        if storage == "memory":
-            backend = optuna.storages.InMemoryStorage()
-        elif storage == "plain RDBStorage":  # no write_trial: DriverStorage writes one by one, as Optuna does
-            backend = DriverStorage(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / name}.db"))
-        else:
-            url = f"sqlite:///{tmp_path / name}.db" if storage == "sqlite" else f"journal:///{tmp_path / name}.log"
-            backend = DriverStorage(open_storage(url))
-        sampler = sampler_cls(seed=3, n_startup_trials=5, constant_liar=True, multivariate=True)
-        study = optuna.create_study(storage=backend, study_name=name, direction="maximize", sampler=sampler)
-        asked, running = [], []
-        for i in range(45):
-            if i == 25:  # Tune pickles the searcher (and its sampler) with every snapshot
-                study.sampler = pickle.loads(pickle.dumps(study.sampler))
-            # From trial 30 on, no dropout: the space TPE samples jointly (the trials' intersection) shrinks.
-            trial = study.ask(space if i < 30 else {k: v for k, v in space.items() if k != "dropout"})
-            asked.append(trial.params)
-            running.append(trial)
-            if len(running) > 4:  # four left running: constant_liar's lies about them
-                done = running.pop(0)
-                if done.number % 7 == 3:
-                    study.tell(done, state=TrialState.FAIL)
-                elif done.number % 3 == 0:
-                    done.report(score(done.params) - 1.0, step=1)
-                    study.tell(done, state=TrialState.PRUNED)
-                else:
-                    study.tell(done, score(done.params))
-        if isinstance(backend, DriverStorage):  # what it wrote is in the database, read afresh
-            backend.flush()  # the trials still running (StudySearch flushes after each suggestion)
-            stored = optuna.load_study(study_name=name, storage=open_storage(backend.url)).trials
-            assert [t.params for t in stored] == asked
-        return asked
 
-    mine, optunas = search(TPESampler, "tuner"), search(optuna.samplers.TPESampler, "optuna")
-    assert mine == optunas
-    assert len({json.dumps(p, sort_keys=True) for p in mine[5:]}) > 30  # TPE at work, not one point
+def test_a_spec_with_nothing_to_search_is_still_one_study_trial(tmp_path):
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, default_storage_url, load_study, open_storage
+
+    url = default_storage_url(str(tmp_path / "run"))
+    create_study(open_storage(url), "fixed", {})
+    searcher = StudySearch(max_t=1, storage=open_storage(url), study_name="fixed",
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties(METRIC, "max", {"lr": 0.01})
+    assert searcher.suggest("only") == {}
+    searcher.on_trial_complete("only", {METRIC: 12.5, "epoch": 1, "training_iteration": 1})
+    (trial,) = load_study(url, "fixed").trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 12.5

@@ -32,6 +32,16 @@ snapshot, in Ray's own loop. The repair only reads Ray's on-disk formats and tun
 checkpoint files, and it leaves a snapshot that agrees with storage untouched. Epochs that the
 driver had logged but not yet copied are missing from the trial's ``result.json``. The study
 (written at each result) and the checkpoints still have them.
+
+This module is the one place tuner uses Ray's private code (``ray.train._internal``: its storage
+paths and file listing, the checkpoint manager's sorted list, the training result; Tune's newest
+snapshot finder and its cloudpickle loader): Ray has no public API that reads or edits an
+experiment snapshot, and ``Tuner.restore`` is the public API that consumes the repaired one. The
+formats are pinned with Ray (``constraints.txt``) and checked by contract tests on a recorded
+killed search (``tests/test_contract.py``), which fail loudly when an upgrade changes them. The
+rest of tuner uses Ray's and Optuna's public APIs, but for one guarded read: ``tuner.cluster`` asks
+Ray's GCS for the autoscaler's node types (``ray._private.state``) and falls back to the cluster
+file ``ray up`` leaves on the head when that fails.
 """
 from __future__ import annotations
 
@@ -137,7 +147,8 @@ def _tell_study(url: str, name: str, recovered: dict[str, list[dict[str, Any]]])
     from tuner.metrics import METRIC
 
     storage = open_storage(url)
-    trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    study_id = storage.get_study_id_from_name(name)
+    trials = storage.get_all_trials(study_id, deepcopy=False)
     by_ray_id = {t.user_attrs.get(RAY_TRIAL_ID): t for t in trials if not t.state.is_finished()}
     for trial_id, checkpoints in recovered.items():
         study_trial = by_ray_id.get(trial_id)
@@ -146,7 +157,8 @@ def _tell_study(url: str, name: str, recovered: dict[str, list[dict[str, Any]]])
         for metrics in checkpoints:
             step, value = metrics.get("training_iteration"), metrics.get(METRIC)
             if isinstance(step, int) and isinstance(value, (int, float)) and step not in study_trial.intermediate_values:
-                storage.set_trial_intermediate_value(study_trial._trial_id, step, float(value))
+                optuna_id = storage.get_trial_id_from_study_id_trial_number(study_id, study_trial.number)
+                storage.set_trial_intermediate_value(optuna_id, step, float(value))
                 log.info("trial %s: epoch %d's %s (%.4f), from its checkpoint, told to the study",
                          trial_id, step, METRIC, value)
 

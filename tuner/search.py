@@ -3,7 +3,7 @@
 :func:`run_search` loads the dataset once, puts it in Ray's object store
 (``tune.with_parameters``) so concurrent trials on a node share one copy, and runs a
 ``Tuner`` whose trials are :func:`train_trial` - a thin adapter from Tune's config dict to
-:func:`tuner.train.fit`. The searcher is :class:`tuner.study.StudySearch` (Optuna TPE, told each
+:func:`tuner.train.fit`. The searcher is :class:`tuner.searcher.StudySearch` (Optuna TPE, told each
 trial's true outcome, its study in a database; the spec's ``start_from`` queued first). Each
 epoch reports its metrics; checkpoints come on a new best, at the end and at least every
 ``budget.checkpoint_every_s``, and only the best few per trial are kept (ranked by ``val_psnr``).
@@ -176,8 +176,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     import ray
     from ray import tune
 
-    from tuner.resume import repair as repair_snapshot
     from tuner import study
+    from tuner.resume import repair as repair_snapshot
+    from tuner.searcher import resuming_in
 
     # Trials of a few seconds checkpoint often by design; Ray's hint about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -212,7 +213,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         log.info("resuming search %s from %s", spec.name, run_dir)
         # Ray's last snapshot may name checkpoints deleted since (tuner.resume)
         repair_snapshot(run_dir, study.storage_url(spec, run_dir), spec.name)
-        with study.resuming_in(run_dir):  # the searcher's study moves with the run folder
+        with resuming_in(run_dir):  # the searcher's study moves with the run folder
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         num_samples = b.num_samples if spec.search else 1
@@ -229,7 +230,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
                            scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
-    with study.resuming_in(run_dir) if resume else contextlib.nullcontext():
+    with resuming_in(run_dir) if resume else contextlib.nullcontext():
         results = tuner.fit()
     budget = b.race_limit_s
     url = study.storage_url(spec, run_dir)
@@ -344,7 +345,7 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
 # ---------------------------------------------------------------- Ray Tune's parts
 
 def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Optional[type] = None):
-    """The run's :class:`tuner.study.StudySearch` (TPE from :func:`make_sampler`) on its study storage.
+    """The run's :class:`tuner.searcher.StudySearch` (TPE from :func:`make_sampler`) on its study storage.
 
     Args:
         spec: the experiment.
@@ -352,10 +353,10 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
         run_dir: the run folder (a study in it moves with it).
         cls: a subclass of ``StudySearch`` to build instead (``benchmarks/bench_scale.py`` times it).
     """
-    from tuner import study
+    from tuner.searcher import StudySearch
 
     b = spec.budget
-    return (cls or study.StudySearch)(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
+    return (cls or StudySearch)(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
                                       sampler=make_sampler(spec), storage=study_storage, study_name=spec.name,
                                       run_dir=run_dir)
 
@@ -414,15 +415,14 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
 
 
 def make_sampler(spec: ExperimentSpec):
-    """Optuna's TPE sampler (:class:`tuner.study.TPESampler`) as the spec's ``searcher`` section
-    sets it, seeded by the spec."""
-    from tuner.study import TPESampler
+    """Optuna's ``TPESampler`` as the spec's ``searcher`` section sets it, seeded by the spec."""
+    import optuna
 
     s, n = spec.searcher, spec.budget.num_samples
     # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
     # would never get past that, so by default a third of the budget is random and the rest is TPE.
     startup = s.n_startup_trials if s.n_startup_trials is not None else max(2, min(10, n // 3))
-    return TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=s.constant_liar,
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=s.constant_liar,
                       multivariate=s.multivariate)
 
 
