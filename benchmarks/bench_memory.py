@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.search import train_trial  # noqa: E402
-from tuner.spec import NoiseSpec, TrialConfig  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
+from tuner.spec import NoiseSpec  # noqa: E402
 from tuner.train import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_memory"

@@ -53,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.data import load_dataset, load_photos  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
-from tuner.spec import ExperimentSpec, TrialConfig, load_spec  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
+from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
 from tuner.train import TEST_SEED_OFFSET, EvalSet, evaluate, fit, psnr_per_image  # noqa: E402
 
 SPEC = REPO / "search_spaces" / "bsd68.yaml"

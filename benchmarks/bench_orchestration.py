@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.data import load_dataset  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
-from tuner.spec import ExperimentSpec, TrialConfig, load_spec  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
+from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
 from tuner.train import fit  # noqa: E402
 
 SECTION = "bench_orchestration"

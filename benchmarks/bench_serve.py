@@ -63,7 +63,7 @@ import tuner  # noqa: E402
 from tuner import protocol  # noqa: E402
 from tuner.denoise import load_image, to_pil  # noqa: E402
 from tuner.model import build_model  # noqa: E402
-from tuner.spec import TrialConfig  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
 
 SECTION = "bench_serve"
 REPLICAS = (1, 2)
@@ -396,7 +396,8 @@ def serve_cells(model_dirs: dict[str, Path], reqs: dict[str, list[Request]], arg
     import ray
     from ray import serve
 
-    from tuner.serve import HAPROXY_ENV, app_builder
+    from tuner.serve import app_builder
+    from tuner.server import HAPROXY_ENV
 
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
     for k in HAPROXY_ENV:  # read by the processes ray.init starts, as `tuner serve --haproxy` sets them

@@ -46,7 +46,7 @@ from common import command_line, describe_machine, median, table, write_section 
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.model import build_model  # noqa: E402
 from tuner.noise import Noise, corrupt  # noqa: E402
-from tuner.spec import TrialConfig  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
 from tuner.train import Trainer, loss_fn  # noqa: E402
 
 NOISE = Noise("gaussian", 0.5)

@@ -67,7 +67,8 @@ from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.denoise import denoise  # noqa: E402
 from tuner.metrics import METRIC, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image  # noqa: E402
 from tuner.model import build_model  # noqa: E402
-from tuner.spec import Distribution, ExperimentSpec, TrialConfig, load_spec  # noqa: E402
+from tuner.config import TrialConfig  # noqa: E402
+from tuner.spec import Distribution, ExperimentSpec, load_spec  # noqa: E402
 from tuner.train import fit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -5,7 +5,15 @@ import pytest
 
 from tuner.data import Splits, load_dataset
 from tuner.noise import Noise
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """One Ray for the tests that share it: the first search run in this process starts a local Ray
+    (``tuner.search._init_ray``) and every later one joins it. Tests marked ``own_ray`` shut that Ray
+    down to start their own (a Serve service, a search whose worker they kill, a multi-node cluster),
+    so they run after all the others, each module's tests still together, in file order."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray") is not None)  # a stable sort
 
 
 @pytest.fixture(scope="session")

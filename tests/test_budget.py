@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from tuner.cli import build_parser
-from tuner.spec import (CONTINUE_START_S, FIRST_RUNG_DEPTH, NO_EPOCH_CAP, RACE_START_S, TRAINING_SHARE, TRIAL_SETUP_S, SpecError,
-                        TrialConfig, load_spec)
+from tuner.budget import CONTINUE_START_S, FIRST_RUNG_DEPTH, NO_EPOCH_CAP, RACE_START_S, TRAINING_SHARE, TRIAL_SETUP_S
+from tuner.config import TrialConfig
+from tuner.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"

@@ -10,6 +10,8 @@ import pytest
 import tuner
 from tuner.spec import load_spec
 
+pytestmark = pytest.mark.own_ray  # it drives a multi-node cluster of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

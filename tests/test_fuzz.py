@@ -26,7 +26,8 @@ from PIL import Image
 from tuner.cli import build_parser, main
 from tuner.data import read_image
 from tuner.model import build_model
-from tuner.spec import ExperimentSpec, SpecError, TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec, SpecError, load_spec
 
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,

@@ -13,7 +13,8 @@ import torch
 
 import tuner
 from tuner.noise import Noise
-from tuner.spec import TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import load_spec
 from tuner.train import Trainer
 
 pytestmark = [pytest.mark.gpu,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tuner.model import build_model, check_model, max_depth
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 
 SIZES = [(8, 8), (28, 28), (32, 32)]
 CONV_CASES = [(c, h, w, d) for c in (1, 3) for h, w in SIZES for d in range(1, max_depth(h, w) + 1)]

@@ -24,7 +24,8 @@ import tuner
 from tuner.cli import main
 from tuner.data import load_dataset
 from tuner.noise import Noise, corrupt, fixed_corruption
-from tuner.spec import SpecError, TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import SpecError, load_spec
 from tuner.train import EvalSet, Trainer, augment, evaluate, fit, sample_patches, schedule_factor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The installed Ray and Optuna are the versions constraints.txt pins, and pyproject.toml agrees.
 
-tuner/resume.py uses Ray Train internals and tuner/study.py Optuna's (TPE's ``_get_internal_repr``,
-the journal's operations); the versions they were written against are pinned in constraints.txt,
+tuner/resume.py uses Ray Train internals, and a run's searcher state pickles Optuna's TPESampler;
+the versions they were written against are pinned in constraints.txt,
 which the README's install, CI (.ci/run) and cluster.yaml use. An environment that bypassed the
 pins (``pip install -U ray``) fails here, by name, before a search meets a changed internal.
 """

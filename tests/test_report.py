@@ -17,7 +17,8 @@ from tuner.report.page import render
 from tuner.report.run import (TrialSummary, asha_rungs, compute_saved, ended_by_time_budget, rung_decisions,
                               trial_outcome, write_trials_csv)
 from tuner.search import SearchError, run_search
-from tuner.spec import BudgetSpec, ExperimentSpec, load_spec
+from tuner.budget import BudgetSpec
+from tuner.spec import ExperimentSpec, load_spec
 from tuner.train import METRIC
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from scipy.stats import chi2_contingency, chisquare
 
 from tuner.data import Splits, load_dataset
 from tuner.noise import Noise
-from tuner.spec import SpecError, TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import SpecError, load_spec
 from tuner.train import (AUGMENT_MODES, CHECKPOINT_SHARE, VALIDATION_SHARE, CheckpointCadence, PatchSampler,
                          Trainer, augment, fit)
 

@@ -36,7 +36,9 @@ from tuner.denoise import load_image, to_pil
 from tuner.noise import Noise
 from tuner import protocol
 from tuner.serve import MAX_BODY_BYTES, ServeArgs, app_builder
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
+
+pytestmark = pytest.mark.own_ray  # its service starts Ray and Serve of its own
 
 TIMEOUT = 60  # seconds per HTTP request: generous for a loaded 2-core machine
 

@@ -6,7 +6,8 @@ import textwrap
 import pytest
 import yaml
 
-from tuner.spec import ExperimentSpec, SpecError, TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec, SpecError, load_spec
 
 VALID = """\
 # tuner tune this.yaml

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tuner.data import load_dataset
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 from tuner.train import (DIVERGED_PSNR, METRIC, MODE, Trainer, evaluate, fit, loss_fn,
                          make_optimizer, noisy_baseline, psnr_per_image)
 

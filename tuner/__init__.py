@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.denoise import denoise, load_model
-from tuner.spec import ExperimentSpec, SpecError, TrialConfig, load_spec
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec, SpecError, load_spec
 from tuner.metrics import METRIC, MODE
 from tuner.train import fit
 

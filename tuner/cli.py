@@ -238,7 +238,8 @@ def _denoise(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tuner.serve import ServeArgs, serve_forever
+    from tuner.serve import ServeArgs
+    from tuner.server import serve_forever
 
     serve_forever(ServeArgs(model_dir=args.model_dir, replicas=args.replicas,
                             gpus_per_replica=args.gpus_per_replica, max_batch_size=args.max_batch_size,

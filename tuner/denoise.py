@@ -16,7 +16,7 @@ import torch
 from tuner.data import DatasetError, image_files, read_image
 from tuner.model import DenoisingAutoencoder, build_model
 from tuner.noise import Noise, corrupt
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from tuner.data import Splits
 from tuner.metrics import METRIC, MODE, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image
 from tuner.model import build_model
 from tuner.noise import Noise
-from tuner.spec import ExperimentSpec, TrialConfig
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec
 from tuner.storage import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, join, write
 
 log = logging.getLogger(__name__)

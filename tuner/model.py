@@ -39,7 +39,7 @@ def check_model(config, channels: int, height: int, width: int) -> None:
     """Reject a configuration that cannot work on this image shape, before any training.
 
     Args:
-        config: a :class:`tuner.spec.TrialConfig` (or anything with its model fields).
+        config: a :class:`tuner.config.TrialConfig` (or anything with its model fields).
         channels, height, width: the image shape.
 
     Raises:
@@ -226,7 +226,7 @@ class DenoisingAutoencoder(nn.Module):
 
 
 def build_model(config, channels: int, height: int, width: int) -> DenoisingAutoencoder:
-    """Build the autoencoder a :class:`tuner.spec.TrialConfig` describes for this image shape."""
+    """Build the autoencoder a :class:`tuner.config.TrialConfig` describes for this image shape."""
     return DenoisingAutoencoder(config, channels, height, width)
 
 

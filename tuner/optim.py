@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 
 
 def make_optimizer(config: TrialConfig, params) -> torch.optim.Optimizer:

@@ -29,7 +29,9 @@ from tuner.data import Splits, load_dataset
 from tuner.export import export_best
 from tuner.metrics import METRIC, MODE
 from tuner.noise import Noise
-from tuner.spec import CONTINUE_START_S, TRAINING_SHARE, ExperimentSpec, TrialConfig
+from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec
 from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
 from tuner.train import CheckpointCadence, fit, pick_device
 

@@ -35,7 +35,7 @@ from tuner.noise import Noise, corrupt
 from tuner.optim import loss_fn, make_optimizer, make_scheduler, schedule_factor  # noqa: F401
 from tuner.sampling import (AUGMENT_MODES, PatchSampler, augment, augment_batch, mode_maps,  # noqa: F401
                             sample_patches)
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 
 # Re-exported above for the callers that knew them here: the metric contract (METRIC, MODE, ...),
 # scoring, the loss and schedules, the sampler. Their homes are tuner.metrics, tuner.optim and

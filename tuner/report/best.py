@@ -13,7 +13,7 @@ import torch
 from tuner.data import DatasetError, Splits, load_dataset
 from tuner.model import DenoisingAutoencoder, build_model
 from tuner.noise import Noise
-from tuner.spec import TrialConfig
+from tuner.config import TrialConfig
 from tuner.storage import CONFIG_FILE, METRICS_FILE, MODEL_FILE, join, read_file
 from tuner.metrics import TEST_SEED_OFFSET, EvalSet, psnr_per_image
 

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from tuner.report.best import SAMPLE, BestModel
 from tuner.report.run import (COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, TIME_BUDGET, UNFINISHED, TrialSummary,
                               asha_rungs, fanova)
-from tuner.spec import ExperimentSpec, TrialConfig
+from tuner.config import TrialConfig
+from tuner.spec import ExperimentSpec
 from tuner.metrics import METRIC
 
 EXAMPLES = 8  # test images shown clean / noisy / denoised

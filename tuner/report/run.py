@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tuner.storage import STUDY_FILE
-from tuner.spec import HYPERPARAMETERS, BudgetSpec, Distribution, ExperimentSpec
+from tuner.budget import BudgetSpec
+from tuner.config import HYPERPARAMETERS
+from tuner.spec import Distribution, ExperimentSpec
 from tuner.metrics import METRIC
 
 log = logging.getLogger(__name__)
@@ -177,7 +179,7 @@ def trial_status(ray_status: str, epochs: float, diverged: bool, has_error: bool
 
 
 def asha_rungs(budget: BudgetSpec) -> list[float]:
-    """Where ASHA compares trials, in ``time_attr`` units (:attr:`tuner.spec.BudgetSpec.rungs`)."""
+    """Where ASHA compares trials, in ``time_attr`` units (:attr:`tuner.budget.BudgetSpec.rungs`)."""
     return budget.rungs
 
 
