@@ -46,7 +46,7 @@ def _named_latest(meta_json: str) -> str:
 
 def _trial_lines(lines: list[str]) -> list[str]:
     """The repair's lines about trials (the recorded folder also moved: that line is left out)."""
-    return [line for line in lines if not line.startswith("the run folder moved")]
+    return [line for line in lines if line.startswith("trial ")]
 
 
 def _study(run: Path) -> optuna.Study:
@@ -146,6 +146,49 @@ def test_a_snapshot_that_agrees_with_storage_is_left_alone(running):
     before = _snapshot_path(run).read_bytes()
     assert _trial_lines(repair(str(run))) == []  # only "the run folder moved": it was recorded elsewhere
     assert _snapshot_path(run).read_bytes() == before
+
+
+def _search_gen_state(run: Path) -> dict:
+    import ray.cloudpickle as cloudpickle
+
+    return cloudpickle.loads(sorted(run.glob("search_gen_state-*.json"))[-1].read_bytes())
+
+
+@pytest.mark.parametrize("counter, live", [(3, {"c2b1bcfe", "lost0001"}), (1, set())],
+                         ids=["search state newer than the snapshot", "older"])
+def test_the_search_state_is_matched_to_the_snapshot(running, counter, live):
+    """Ray copies its snapshot and the search generator's state to the run folder in the background,
+    one file after the other: a kill between them leaves the two from different saves. The repair
+    sets the generator's trial count and the concurrency limiter's running trials from the snapshot,
+    so Tune asks for exactly the trials the snapshot lacks and waits for none it lost."""
+    import ray.cloudpickle as cloudpickle
+
+    run, trial, folder, on_disk = running
+    path = sorted(run.glob("search_gen_state-*.json"))[-1]
+    state = _search_gen_state(run)
+    state["counter"] = counter
+    state["name:ConcurrencyLimiter"].update(live_trials=live, num_unfinished_live_trials=len(live))
+    path.write_bytes(cloudpickle.dumps(state))
+    lines = repair(str(run))
+    assert any("trial count" in line for line in lines) and any("concurrency limiter" in line for line in lines), lines
+    state = _search_gen_state(run)
+    assert state["counter"] == 2  # the snapshot's two trials (one ended, one running)
+    assert state["name:ConcurrencyLimiter"]["live_trials"] == {trial["trial_id"]}
+    assert state["name:ConcurrencyLimiter"]["num_unfinished_live_trials"] == 1
+    assert not any("trial count" in line or "concurrency" in line for line in repair(str(run)))  # agrees now
+
+
+@pytest.mark.parametrize("kind", ["experiment_state", "search_gen_state", "searcher-state"])
+def test_a_state_file_cut_short_by_the_kill_is_set_aside(run, kind):
+    """Each driver session writes its own state files, and Ray restores the newest by name: a kill
+    while Ray copied one into the run folder leaves it cut short, and Ray would fail on it. The
+    repair renames it, so that Ray restores the one saved before it."""
+    old = sorted(run.glob(f"{kind}-*"))[-1]
+    cut = old.with_name(old.name.replace("2026-12-04_22-25-42", "2026-12-05_09-00-00"))  # a later session
+    cut.write_bytes(old.read_bytes()[: len(old.read_bytes()) // 2])
+    lines = repair(str(run))
+    assert any(line.startswith(f"{cut.name} was cut short") for line in lines), lines
+    assert not cut.exists() and cut.with_name(cut.name + ".cut").exists() and old.exists()
 
 
 def test_the_recorded_run_resumes_to_the_end(running):

@@ -437,6 +437,84 @@ def test_a_searcher_restored_after_a_crash_takes_over_the_trials_asked_since_its
     assert trials[1].intermediate_values == {1: 9.0, 2: 8.0}
 
 
+@pytest.mark.parametrize("had", [(), ("lr",)], ids=["no parameter yet", "one of two"])
+def test_a_study_trial_cut_short_inside_ask_is_completed_and_handed_out(tmp_path, had):
+    """A kill inside Study.ask leaves a study trial RUNNING with some of its parameters or none
+    (Optuna creates the trial, then samples them one by one). The restored searcher hands it out
+    like any trial asked after the snapshot, its missing parameters sampled then: the study ends
+    with one trial per Ray trial, none left running."""
+    import pickle
+
+    from ray import tune
+
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, default_storage_url, load_study, open_storage
+
+    url = default_storage_url(str(tmp_path / "run"))
+    create_study(open_storage(url), "cut", {})
+    searcher = StudySearch(max_t=2, storage=open_storage(url), study_name="cut",
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    space = {"lr": tune.loguniform(1e-3, 1e-1), "depth": tune.randint(1, 4)}
+    searcher.set_search_properties(METRIC, "max", space)
+    searcher.suggest("a")
+    snapshot = pickle.dumps(searcher)
+    cut = searcher.study.ask()  # what the kill left: the trial, without (all of) its parameters
+    for name in had:
+        cut.suggest_float(name, 1e-3, 1e-1, log=True)
+    del searcher
+
+    restored = pickle.loads(snapshot)
+    config = restored.suggest("b")
+    assert set(config) == {"lr", "depth"} and 1 <= config["depth"] < 4
+    if had:
+        assert config["lr"] == cut.params["lr"]
+    for trial in ("a", "b"):
+        restored.on_trial_complete(trial, {METRIC: 10.0, "epoch": 2, "training_iteration": 2})
+    trials = load_study(url, "cut").trials
+    assert [(t.state, t.user_attrs["ray_trial_id"]) for t in trials] == [(TrialState.COMPLETE, "a"),
+                                                                         (TrialState.COMPLETE, "b")]
+    assert trials[1].params == config
+
+
+@pytest.mark.parametrize("snapshot_has", [{"a"}, {"a", "b"}], ids=["searcher newer than Ray's snapshot", "older"])
+def test_a_restored_searcher_maps_exactly_the_trials_of_ray_s_snapshot(tmp_path, snapshot_has):
+    """Ray saves the searcher apart from its experiment snapshot, and a kill can leave the two from
+    different saves. A searcher that knows a trial the snapshot lost hands that trial's study trial
+    out again (the study gains no duplicate, none is left running); one that lacks a trial the
+    snapshot has finds its study trial by the trial's ray_trial_id (and does not hand it out)."""
+    import pickle
+
+    from ray import tune
+
+    from tuner.searcher import StudySearch, resuming_in
+    from tuner.study import create_study, default_storage_url, load_study, open_storage
+
+    url = default_storage_url(str(tmp_path / "run"))
+    create_study(open_storage(url), "crash", {})
+    searcher = StudySearch(max_t=2, storage=open_storage(url), study_name="crash",
+                           sampler=optuna.samplers.TPESampler(seed=0))
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1)})
+    searcher.suggest("a")
+    older = pickle.dumps(searcher)
+    b = searcher.suggest("b")
+    newer = pickle.dumps(searcher)
+    del searcher  # the driver dies
+
+    with resuming_in(str(tmp_path / "run"), snapshot_has):
+        restored = pickle.loads(newer if snapshot_has == {"a"} else older)
+    for trial in sorted(snapshot_has):
+        restored.on_trial_complete(trial, {METRIC: 10.0, "epoch": 2, "training_iteration": 2})
+    if "b" not in snapshot_has:  # Tune asks again for the trial its snapshot lost
+        assert restored.suggest("b2") == b
+        restored.on_trial_complete("b2", {METRIC: 9.0, "epoch": 1, "training_iteration": 1})
+    assert set(restored.suggest("c")) == {"lr"}
+    restored.on_trial_complete("c", {METRIC: 8.0, "epoch": 1, "training_iteration": 1})
+    trials = load_study(url, "crash").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE if snapshot_has == {"a", "b"}
+                                         else TrialState.PRUNED, TrialState.PRUNED]
+    assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a", "b" if "b" in snapshot_has else "b2", "c"]
+
+
 def test_a_spec_with_nothing_to_search_is_still_one_study_trial(tmp_path):
     from tuner.searcher import StudySearch
     from tuner.study import create_study, default_storage_url, load_study, open_storage

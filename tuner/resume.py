@@ -70,16 +70,19 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
     fs, run_path = get_fs_and_path(run_dir)
+    said = _set_aside_cut_files(fs, run_path)
+    for line in said:
+        log.warning("%s", line)
     newest = _find_newest_experiment_checkpoint(run_path, fs=fs)
     if newest is None:
-        return []
+        return said
     with fs.open_input_stream(newest) as f:
         state = json.loads(f.readall())
-    said = []
-    moved = _relocate_search_state(fs, run_path)
-    if moved:
-        log.info("%s", moved)
-        said.append(moved)
+    trials = {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]}
+    search_lines = _fix_search_state(fs, run_path, trials)
+    for line in search_lines:
+        log.info("%s", line)
+    said.extend(search_lines)
     recovered: dict[str, list[dict[str, Any]]] = {}  # trial id -> metrics of its complete checkpoints
     for entry in state["trial_data"]:
         line = _repair_trial(entry, fs, run_path, recovered)
@@ -88,9 +91,59 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
             said.append(line)
     if recovered and study_url and study_name:
         _tell_study(study_url, study_name, recovered)
-    if len(said) > bool(moved):
+    if any(line.startswith("trial ") for line in said):
         _replace(fs, newest, json.dumps(state, indent=2).encode())
     return said
+
+
+CUT_SUFFIX = ".cut"  # what a state file the kill cut short is renamed to (kept for a post-mortem)
+
+
+def _set_aside_cut_files(fs, run_path: str) -> list[str]:
+    """Rename the newest of Ray's state files of each kind that does not read back whole (the kill
+    came while Ray copied it into the run folder: each driver session writes its own, named by its
+    start), so that Ray restores the one before; the lines to log. Ray would fail on it: its
+    loaders take the newest by name."""
+    import pickle
+    from fnmatch import fnmatch
+
+    import ray.cloudpickle as cloudpickle
+    from ray.train._internal.storage import _list_at_fs_path
+
+    cut_pickle = (EOFError, pickle.UnpicklingError)  # what a pickle cut short raises
+    readers = {"experiment_state-*.json": (json.loads, json.JSONDecodeError),
+               "search_gen_state-*.json": (cloudpickle.loads, cut_pickle),
+               "searcher-state-*.pkl": (pickle.loads, cut_pickle)}
+    lines = []
+    names = _list_at_fs_path(fs, run_path)
+    for pattern, (read, cut) in readers.items():
+        for name in sorted((n for n in names if fnmatch(n, pattern)), reverse=True):
+            path = f"{run_path}/{name}"
+            try:
+                with fs.open_input_stream(path) as f:
+                    read(f.readall())
+                break  # the newest whole one: Ray restores it
+            except cut:
+                fs.move(path, path + CUT_SUFFIX)
+                lines.append(f"{name} was cut short by the kill (renamed {name}{CUT_SUFFIX}); "
+                             f"Ray restores the one saved before it")
+    return lines
+
+
+def recorded_trials(run_dir: str) -> Optional[set[str]]:
+    """The ids of the trials in the newest experiment snapshot in ``run_dir``: those
+    ``Tuner.restore`` brings back (None when there is no snapshot). The searcher, restored from
+    a state that may be newer or older than the snapshot, maps exactly these to study trials
+    (:func:`tuner.searcher.resuming_in`)."""
+    from ray.train._internal.storage import get_fs_and_path
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    fs, run_path = get_fs_and_path(run_dir)
+    newest = _find_newest_experiment_checkpoint(run_path, fs=fs)
+    if newest is None:
+        return None
+    with fs.open_input_stream(newest) as f:
+        return {json.loads(t)["trial_id"] for t, _ in json.loads(f.readall())["trial_data"]}
 
 
 def _replace(fs, path: str, content: bytes) -> None:
@@ -107,14 +160,24 @@ def _replace(fs, path: str, content: bytes) -> None:
         fs.move(path + ".tmp", path)
 
 
-def _relocate_search_state(fs, run_path: str) -> Optional[str]:
-    """Point the search generator's experiment at the run folder where it is now; the line to log.
+def _fix_search_state(fs, run_path: str, trials: dict[str, str]) -> list[str]:
+    """Make the search generator's state (``search_gen_state-*.json``) agree with the snapshot
+    and with where the run folder is now; the lines to log.
 
-    Ray's ``Tuner.restore`` moves the restored trials to the restored folder (``Trial.set_storage``),
-    but its search generator then restores the pickled ``Experiment`` of the run's first session
-    (``search_gen_state-*.json``, ``SearchGenerator.set_state``), and creates every new trial with
-    that experiment's storage. In a copied run folder, those trials would write their checkpoints
-    into the original folder, and their results would be looked for there.
+    - **The snapshot's trials.** Ray writes the experiment snapshot, the search generator's state
+      and the searcher's (``searcher-state-*.pkl``) into a staging folder, then copies them to the
+      run folder in the background: a kill during the copy leaves files of two different saves.
+      The generator's trial count (``counter``: ``num_samples`` minus it is how many trials Tune
+      still asks for) and the ``ConcurrencyLimiter``'s running trials are set from the snapshot's
+      trials, the ones ``Tuner.restore`` brings back: a count newer than the snapshot would skip a
+      trial the snapshot lost, an older one would add a trial too many, and a limiter holding a
+      trial the snapshot lost would wait for it forever. (The searcher's own state is matched to
+      the snapshot by :class:`tuner.searcher.StudySearch` itself.)
+    - **The run folder moved.** Ray's ``Tuner.restore`` moves the restored trials to the restored
+      folder (``Trial.set_storage``), but its search generator then restores the pickled
+      ``Experiment`` of the run's first session and creates every new trial with that experiment's
+      storage. In a copied run folder, those trials would write their checkpoints into the original
+      folder, and their results would be looked for there.
     """
     from fnmatch import fnmatch
 
@@ -123,22 +186,34 @@ def _relocate_search_state(fs, run_path: str) -> Optional[str]:
 
     names = sorted(n for n in _list_at_fs_path(fs, run_path) if fnmatch(n, "search_gen_state-*.json"))
     if not names:
-        return None
+        return []
     path = f"{run_path}/{names[-1]}"  # the one Ray restores: the newest by name (_load_newest_checkpoint)
     with fs.open_input_stream(path) as f:
         state = cloudpickle.loads(f.readall())
+    lines = []
+    if state.get("counter") != len(trials):
+        lines.append(f"the search's trial count ({state.get('counter')}) is set to the {len(trials)} trials of Ray's "
+                     f"last snapshot (the two were saved at different times)")
+        state["counter"] = len(trials)
+    live = {t for t, status in trials.items() if status not in ("TERMINATED", "ERROR")}
+    limiter = state.get("name:ConcurrencyLimiter")
+    if limiter is not None and not limiter.get("batch") and limiter.get("live_trials") != live:
+        lines.append(f"the concurrency limiter's running trials are set to those of Ray's last snapshot "
+                     f"({', '.join(sorted(live)) or 'none'})")
+        limiter["live_trials"], limiter["num_unfinished_live_trials"] = live, len(live)
     experiment = state.get("experiment")
     storages = [s for s in (getattr(experiment, "storage", None), getattr(experiment, "spec", {}).get("storage"))
                 if s is not None]
     parent, name = run_path.rstrip("/").rsplit("/", 1)
-    if not storages or all(s.storage_fs_path.rstrip("/") == parent and s.experiment_dir_name == name
-                           for s in storages):
-        return None
-    was = f"{storages[0].storage_fs_path.rstrip('/')}/{storages[0].experiment_dir_name}"
-    for storage in storages:
-        storage.storage_fs_path, storage.experiment_dir_name, storage.storage_filesystem = parent, name, fs
-    _replace(fs, path, cloudpickle.dumps(state))
-    return f"the run folder moved from {was}: new trials go to {run_path}"
+    if storages and not all(s.storage_fs_path.rstrip("/") == parent and s.experiment_dir_name == name
+                            for s in storages):
+        was = f"{storages[0].storage_fs_path.rstrip('/')}/{storages[0].experiment_dir_name}"
+        for storage in storages:
+            storage.storage_fs_path, storage.experiment_dir_name, storage.storage_filesystem = parent, name, fs
+        lines.append(f"the run folder moved from {was}: new trials go to {run_path}")
+    if lines:
+        _replace(fs, path, cloudpickle.dumps(state))
+    return lines
 
 
 def _tell_study(url: str, name: str, recovered: dict[str, list[dict[str, Any]]]) -> None:

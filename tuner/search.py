@@ -179,6 +179,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     from ray import tune
 
     from tuner import study
+    from tuner.resume import recorded_trials
     from tuner.resume import repair as repair_snapshot
     from tuner.searcher import resuming_in
 
@@ -215,7 +216,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         log.info("resuming search %s from %s", spec.name, run_dir)
         # Ray's last snapshot may name checkpoints deleted since (tuner.resume)
         repair_snapshot(run_dir, study.storage_url(spec, run_dir), spec.name)
-        with resuming_in(run_dir):  # the searcher's study moves with the run folder
+        ray_trials = recorded_trials(run_dir)
+        with resuming_in(run_dir, ray_trials):  # the searcher's study moves with the run folder
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         num_samples = b.num_samples if spec.search else 1
@@ -232,7 +234,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
                            scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
-    with resuming_in(run_dir) if resume else contextlib.nullcontext():
+    with resuming_in(run_dir, ray_trials) if resume else contextlib.nullcontext():
         results = tuner.fit()
     budget = b.race_limit_s
     url = study.storage_url(spec, run_dir)

@@ -41,19 +41,26 @@ from tuner.study import RAY_TRIAL_ID, default_storage_url, open_storage, url_of
 log = logging.getLogger(__name__)
 
 _run_dir: Optional[str] = None  # where the run folder of the search being resumed is now
+_ray_trials: Optional[set[str]] = None  # the Ray trials that resume brings back
 
 
 @contextmanager
-def resuming_in(run_dir: str) -> Iterator[None]:
+def resuming_in(run_dir: str, ray_trials: Optional[set[str]] = None) -> Iterator[None]:
     """While Ray restores a search (``Tuner.restore`` and ``fit``), a :class:`StudySearch` whose
     study is its run folder's ``study.db`` reopens the one in ``run_dir``: the folder may have
-    been moved or copied since it was pickled."""
-    global _run_dir
-    _run_dir, before = run_dir, _run_dir
+    been moved or copied since it was pickled.
+
+    ``ray_trials``: the ids of the trials in Ray's snapshot (:func:`tuner.resume.recorded_trials`).
+    Ray saves the searcher apart from its snapshot, and a kill can leave the two from different
+    saves: the restored searcher then maps exactly these trials to their study trials (by the study
+    trial's ``ray_trial_id``), and treats a running study trial of any other Ray trial as asked
+    after the snapshot (:meth:`StudySearch.suggest` hands it out again)."""
+    global _run_dir, _ray_trials
+    (_run_dir, _ray_trials), before = (run_dir, ray_trials), (_run_dir, _ray_trials)
     try:
         yield
     finally:
-        _run_dir = before
+        _run_dir, _ray_trials = before
 
 
 class StudySearch(Searcher):
@@ -100,6 +107,8 @@ class StudySearch(Searcher):
         """The study trial of Ray trial ``trial_id``: the one :meth:`suggest` asked, or after a
         restore, the one its number names."""
         if trial_id not in self._trials:
+            if trial_id not in self._numbers:  # restored without Ray's snapshot's trials (resuming_in)
+                self._match(set(self._numbers) | {trial_id})
             study_id = self._storage.get_study_id_from_name(self._study_name)
             optuna_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, self._numbers[trial_id])
             self._trials[trial_id] = optuna.trial.Trial(self.study, optuna_id)
@@ -128,6 +137,9 @@ class StudySearch(Searcher):
                      trial_id, orphan.number)
             self._numbers[trial_id] = orphan.number
             trial = self._trial(trial_id)
+            for name, distribution in self._space.items():  # a kill inside Study.ask left some unset
+                if name not in orphan.params:
+                    _suggest(trial, name, distribution)
         else:
             # Enqueued trials (the spec's start_from) come first, completed by the sampler if partial.
             trial = self.study.ask(fixed_distributions=self._space)
@@ -142,7 +154,7 @@ class StudySearch(Searcher):
             return None
         known = set(self._numbers.values())
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in known and set(t.params) == set(self._space):
+            if t.number not in known and set(t.params) <= set(self._space):
                 return t
         self._may_have_orphans = False  # all taken over: every trial asked from now on is this searcher's
         return None
@@ -208,12 +220,43 @@ class StudySearch(Searcher):
                 log.info("the run folder moved: its study is now %s", url)
             self._storage = open_storage(url)
         self._numbers.update({k: self._storage.get_trial(i).number for k, i in old_ids.items()})
+        if _ray_trials is not None:
+            self._match(_ray_trials)
+
+    def _match(self, ray_trials: set[str]) -> None:
+        """Map exactly the Ray trials of Ray's snapshot to their study trials: one this state knows
+        but the snapshot lost is forgotten (its study trial is handed out again), one the snapshot
+        has but this older state lacks is found by its study trial's ``ray_trial_id``."""
+        lost = set(self._numbers) - ray_trials
+        if lost:
+            log.info("resuming: Ray's snapshot lost trial(s) %s, which the searcher had asked for",
+                     ", ".join(sorted(lost)))
+        self._numbers = {k: n for k, n in self._numbers.items() if k in ray_trials}
+        missing = ray_trials - set(self._numbers)
+        if missing:
+            for t in self.study.get_trials(deepcopy=False):
+                if t.user_attrs.get(RAY_TRIAL_ID) in missing:
+                    self._numbers[t.user_attrs[RAY_TRIAL_ID]] = t.number
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_bytes(pickle.dumps(self.__getstate__()))
 
     def restore(self, checkpoint_path: str) -> None:
         self.__setstate__(pickle.loads(Path(checkpoint_path).read_bytes()))
+
+
+def _suggest(trial: optuna.trial.Trial, name: str, distribution: optuna.distributions.BaseDistribution) -> None:
+    """Sample parameter ``name`` of a study trial with the study's sampler, through Optuna's public
+    ``suggest_*`` API (what ``Study.ask(fixed_distributions)`` does for each one)."""
+    d = distribution
+    if isinstance(d, optuna.distributions.FloatDistribution):
+        trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    elif isinstance(d, optuna.distributions.IntDistribution):
+        trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    elif isinstance(d, optuna.distributions.CategoricalDistribution):
+        trial.suggest_categorical(name, d.choices)
+    else:
+        raise TypeError(f"parameter {name!r}: no Optuna suggest_* call for {type(d).__name__}")
 
 
 def _from_optuna_search(old: dict[str, Any]) -> Optional[dict[str, Any]]:
