@@ -44,7 +44,7 @@ from common import REPO, describe_machine, machine, table, write_section  # noqa
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
-from tuner.train import CheckpointCadence, PatchSampler, Trainer, _synchronize, fit, pick_device  # noqa: E402
+from tuner.train import CheckpointCadence, Trainer, _synchronize, fit, pick_device  # noqa: E402
 
 SIGMA25 = Noise("gaussian", 25 / 255, clip=False)
 OUT = REPO / "benchmarks" / "out" / "gpu"

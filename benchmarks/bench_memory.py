@@ -48,7 +48,7 @@ from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.search import train_trial  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
 from tuner.spec import NoiseSpec  # noqa: E402
-from tuner.train import METRIC, MODE  # noqa: E402
+from tuner.metrics import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_memory"
 MB = 1024 * 1024

@@ -55,7 +55,8 @@ from tuner.data import load_dataset, load_photos  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
 from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
-from tuner.train import TEST_SEED_OFFSET, EvalSet, evaluate, fit, psnr_per_image  # noqa: E402
+from tuner.metrics import TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image  # noqa: E402
+from tuner.train import fit  # noqa: E402
 
 SPEC = REPO / "search_spaces" / "bsd68.yaml"
 COLOR_SPEC = REPO / "search_spaces" / "cbsd68.yaml"  # colour: the same protocol, no batch norm
@@ -336,7 +337,8 @@ def run_throughput(repeats: int = 5) -> None:
     """tuner's training step on 64x64 crops vs the compute floor (pre-made batches), interleaved."""
     from tuner.model import build_model
     from tuner.noise import corrupt
-    from tuner.train import Trainer, loss_fn
+    from tuner.optim import loss_fn
+    from tuner.train import Trainer
 
     spec = load_spec(SPEC)
     data = load_dataset(**{**spec.dataset.model_dump(), "val_fraction": 0.0025, "patches_per_epoch": 16 * 40})

@@ -3,7 +3,7 @@
 
 Every method sees the same noisy test images: ``EvalSet.make(splits.test, noise, 1234 + 1)``,
 the corruption ``tuner search`` scores its exported model on (eval seed 1234, test offset 1).
-Scores are mean per-image PSNR (``tuner.train.psnr_per_image``) and SSIM (``tuner.train.ssim``).
+Scores are mean per-image PSNR (``tuner.metrics.psnr_per_image``) and SSIM (``tuner.metrics.ssim``).
 
 - Seed models (``seed_models.py``): trained on the train split, noisy -> clean, with their own
   recipe; by default for a reduced number of epochs (``SeedModel.small_epochs``; ``--full``: the
@@ -51,7 +51,7 @@ from seed_models import SEEDS, denoise, train_seed  # noqa: E402
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.denoise import denoise as denoise_with_tuner  # noqa: E402
 from tuner.noise import Noise  # noqa: E402
-from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image, ssim  # noqa: E402
+from tuner.metrics import TEST_SEED_OFFSET, EvalSet, psnr_per_image, ssim  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "search_spaces" / "quickstart.yaml"
 QUICKSTART_LEVEL = 0.5  # quickstart.yaml's evaluation noise: its training-noise range is scaled from it

@@ -59,7 +59,7 @@ from common import REPO, command_line, describe_machine, table, write_section  #
 from tuner.search import _open_study, make_sampler, make_scheduler, make_searcher, make_tuner  # noqa: E402
 from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
 from tuner.searcher import StudySearch  # noqa: E402
-from tuner.train import METRIC, MODE  # noqa: E402
+from tuner.metrics import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_scale"
 SPACE = REPO / "search_spaces" / "mnist5k_wide.yaml"

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, describe_machine, table, write_section  # noqa: E402
 from tuner.data import load_dataset  # noqa: E402
 from tuner.spec import ExperimentSpec, load_spec  # noqa: E402
-from tuner.train import METRIC, MODE  # noqa: E402
+from tuner.metrics import METRIC, MODE  # noqa: E402
 
 SECTION = "bench_search"
 SPACE = REPO / "search_spaces" / "mnist5k_wide.yaml"

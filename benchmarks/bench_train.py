@@ -47,7 +47,8 @@ from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.model import build_model  # noqa: E402
 from tuner.noise import Noise, corrupt  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
-from tuner.train import Trainer, loss_fn  # noqa: E402
+from tuner.optim import loss_fn  # noqa: E402
+from tuner.train import Trainer  # noqa: E402
 
 NOISE = Noise("gaussian", 0.5)
 TARGET_ISSUE_2 = 0.05  # tuner may be at most 5% slower than the compute floor

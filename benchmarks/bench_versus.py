@@ -589,7 +589,8 @@ def render(scale: float = 1.0) -> str:
               "`study.optimize(timeout=...)`. Every arm keeps its best validation epoch; `test_psnr` is scored "
               "as the export does (whole test images, output rounded to 8 bits, tiled).", "",
               f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; torch {m['torch']}, Python {m['python']}; "
-              f"run {', '.join(dates)}. Command: `{records[-1]['command']}`.", ""]
+              f"run {', '.join(dates)}, one arm at a time with no other job on the machine; each task's commands "
+              "and dates are under its heading.", ""]
     for name in [t for t in TASKS if any(r["task"] == t for r in records)]:
         task, rs = TASKS[name], [r for r in records if r["task"] == name]
         by = {(r["seed"], r["arm"]): r for r in rs}
@@ -617,7 +618,10 @@ def render(scale: float = 1.0) -> str:
             row += [f"**{sum(diffs(a)) / len(diffs(a)):+.2f}**" if diffs(a) else "-" for a in others]
             rows.append(row)
         noisy = next((r["noisy_test_psnr"] for r in ok.values()), None)
+        commands = sorted({r["command"] for r in rs if r.get("command")})
         lines += [f"### {name}: {task.what}, W = {rs[0]['wall_budget_s'] / 60:g} min", "",
+                  f"Run {', '.join(sorted({r['date'] for r in rs}))}: "
+                  + "; ".join(f"`{c}`" for c in commands) + ".", "",
                   "Test PSNR (dB" + (f"; the noisy input scores {noisy:.2f}" if noisy is not None else "") + "):", "",
                   table(["seed"] + arms + [f"tuner - {a}" for a in others], rows), ""]
         detail = []

@@ -103,7 +103,7 @@ def denoise(model: nn.Module, noisy: torch.Tensor, batch_size: int = 500) -> tor
 
 
 def main() -> None:
-    from tuner.train import TEST_SEED_OFFSET, EvalSet, psnr_per_image
+    from tuner.metrics import TEST_SEED_OFFSET, EvalSet, psnr_per_image
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=180.0, help="wall-clock training budget (default 180)")

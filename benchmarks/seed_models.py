@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python benchmarks/x
 
 from tuner.data import Splits, load_dataset  # noqa: E402
 from tuner.noise import Noise, corrupt  # noqa: E402
-from tuner.train import EvalSet, as_float, psnr_per_image  # noqa: E402
+from tuner.metrics import EvalSet, as_float, psnr_per_image  # noqa: E402
 
 # The default (reduced) budget is each SeedModel's ``small_epochs``: picked so every model trains
 # for 10-30 s per noise on one core of the reference machine (the five on three noises in about
@@ -360,7 +360,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from common import command_line, describe_machine, table, write_section  # sibling module
-    from tuner.train import TEST_SEED_OFFSET, ssim
+    from tuner.metrics import TEST_SEED_OFFSET, ssim
 
     data = load_dataset("mnist5k")
     noise = Noise(args.noise, args.level)

@@ -26,7 +26,10 @@ from tuner.data import load_dataset
 from tuner.noise import Noise, corrupt, fixed_corruption
 from tuner.config import TrialConfig
 from tuner.spec import SpecError, load_spec
-from tuner.train import EvalSet, Trainer, augment, evaluate, fit, sample_patches, schedule_factor
+from tuner.metrics import EvalSet, evaluate
+from tuner.optim import schedule_factor
+from tuner.sampling import augment, sample_patches
+from tuner.train import Trainer, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA25 = Noise("gaussian", 25 / 255, clip=False)

@@ -36,7 +36,7 @@ from tuner.cli import main
 from tuner.search import run_search
 from tuner.spec import load_spec
 from tuner.storage import STUDY_FILE
-from tuner.train import DIVERGED_PSNR, METRIC
+from tuner.metrics import DIVERGED_PSNR, METRIC
 
 pytestmark = pytest.mark.own_ray  # its faulty search kills workers of a Ray of its own
 

@@ -19,7 +19,7 @@ from tuner.report.run import (TrialSummary, asha_rungs, compute_saved, ended_by_
 from tuner.search import SearchError, run_search
 from tuner.budget import BudgetSpec
 from tuner.spec import ExperimentSpec, load_spec
-from tuner.train import METRIC
+from tuner.metrics import METRIC
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("summary", "compute", "best-config", "learning-curves", "examples", "psnr-histogram",

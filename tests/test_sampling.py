@@ -20,8 +20,8 @@ from tuner.data import Splits, load_dataset
 from tuner.noise import Noise
 from tuner.config import TrialConfig
 from tuner.spec import SpecError, load_spec
-from tuner.train import (AUGMENT_MODES, CHECKPOINT_SHARE, VALIDATION_SHARE, CheckpointCadence, PatchSampler,
-                         Trainer, augment, fit)
+from tuner.sampling import AUGMENT_MODES, PatchSampler, augment
+from tuner.train import CHECKPOINT_SHARE, VALIDATION_SHARE, CheckpointCadence, Trainer, fit
 
 SIZE = 8
 

@@ -15,7 +15,7 @@ import tuner
 from tuner.cli import main
 from tuner.data import load_dataset
 from tuner.spec import load_spec
-from tuner.train import METRIC, EvalSet, evaluate
+from tuner.metrics import METRIC, EvalSet, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"

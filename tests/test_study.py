@@ -21,7 +21,7 @@ import tuner
 from tuner.cli import main
 from tuner.spec import load_spec
 from tuner.storage import STUDY_FILE
-from tuner.train import METRIC
+from tuner.metrics import METRIC
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
@@ -513,6 +513,31 @@ def test_a_restored_searcher_maps_exactly_the_trials_of_ray_s_snapshot(tmp_path,
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE if snapshot_has == {"a", "b"}
                                          else TrialState.PRUNED, TrialState.PRUNED]
     assert [t.user_attrs["ray_trial_id"] for t in trials] == ["a", "b" if "b" in snapshot_has else "b2", "c"]
+
+
+def test_an_epoch_repeated_after_a_resume_keeps_the_study_s_value_without_a_warning(tmp_path):
+    """A trial resumed from a checkpoint trains again the epochs after it, which the study recorded
+    before the kill: the study keeps its values, and Optuna's "already reported" warning, noise in a
+    resumed search's log, is not shown."""
+    import warnings
+
+    from ray import tune
+
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, default_storage_url, load_study, open_storage
+
+    url = default_storage_url(str(tmp_path / "run"))
+    create_study(open_storage(url), "again", {})
+    searcher = StudySearch(max_t=3, storage=open_storage(url), study_name="again")
+    searcher.set_search_properties(METRIC, "max", {"lr": tune.loguniform(1e-3, 1e-1)})
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {METRIC: 10.0, "training_iteration": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        searcher.on_trial_result("a", {METRIC: 10.5, "training_iteration": 1})  # epoch 1 again
+        searcher.on_trial_result("a", {METRIC: 11.0, "training_iteration": 2})
+    assert not [w for w in caught if "already reported" in str(w.message)], [str(w.message) for w in caught]
+    assert load_study(url, "again").trials[0].intermediate_values == {1: 10.0, 2: 11.0}
 
 
 def test_a_spec_with_nothing_to_search_is_still_one_study_trial(tmp_path):

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from tuner.data import load_dataset
 from tuner.config import TrialConfig
-from tuner.train import (DIVERGED_PSNR, METRIC, MODE, Trainer, evaluate, fit, loss_fn,
-                         make_optimizer, noisy_baseline, psnr_per_image)
+from tuner.metrics import DIVERGED_PSNR, METRIC, MODE, evaluate, psnr_per_image
+from tuner.optim import loss_fn, make_optimizer
+from tuner.train import Trainer, fit, noisy_baseline
 
 TIMING = ("epoch_seconds", "train_seconds", "val_seconds", "wall_seconds", "train_share", "images_per_second")  # wall-clock: the only metrics allowed to differ
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -165,7 +166,11 @@ class StudySearch(Searcher):
             return
         self._best[trial_id] = max(self._best.get(trial_id, value), value)
         try:
-            self._trial(trial_id).report(value, step=result["training_iteration"])
+            with warnings.catch_warnings():
+                # A trial resumed from a checkpoint repeats the epochs after it, which the study
+                # recorded before the interruption: it keeps the values it has, without a word.
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this")
+                self._trial(trial_id).report(value, step=result["training_iteration"])
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # a resumed trial repeats results the study recorded before the interruption
 

@@ -28,18 +28,12 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from tuner.data import Splits
-from tuner.metrics import (DIVERGED_PSNR, METRIC, MODE, TEST_SEED_OFFSET, EvalSet, _tensor, as_float,  # noqa: F401
-                           evaluate, psnr_per_image, ssim)
+from tuner.metrics import DIVERGED_PSNR, EvalSet, _tensor, evaluate, psnr_per_image
 from tuner.model import build_model
 from tuner.noise import Noise, corrupt
-from tuner.optim import loss_fn, make_optimizer, make_scheduler, schedule_factor  # noqa: F401
-from tuner.sampling import (AUGMENT_MODES, PatchSampler, augment, augment_batch, mode_maps,  # noqa: F401
-                            sample_patches)
+from tuner.optim import loss_fn, make_optimizer, make_scheduler
+from tuner.sampling import AUGMENT_MODES, PatchSampler, augment_batch, mode_maps
 from tuner.config import TrialConfig
-
-# Re-exported above for the callers that knew them here: the metric contract (METRIC, MODE, ...),
-# scoring, the loss and schedules, the sampler. Their homes are tuner.metrics, tuner.optim and
-# tuner.sampling.
 
 log = logging.getLogger(__name__)
 
