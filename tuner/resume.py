@@ -66,14 +66,11 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
     Returns:
         One line per trial that was repaired (also logged); empty when the snapshot agreed.
     """
-    from ray.train._internal.storage import get_fs_and_path
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    fs, run_path = get_fs_and_path(run_dir)
+    fs, run_path, _ = _newest_snapshot(run_dir)
     said = _set_aside_cut_files(fs, run_path)
     for line in said:
         log.warning("%s", line)
-    newest = _find_newest_experiment_checkpoint(run_path, fs=fs)
+    _, _, newest = _newest_snapshot(run_dir)
     if newest is None:
         return said
     with fs.open_input_stream(newest) as f:
@@ -107,15 +104,15 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
     import pickle
     from fnmatch import fnmatch
 
+    import pyarrow.fs as pafs
     import ray.cloudpickle as cloudpickle
-    from ray.train._internal.storage import _list_at_fs_path
 
     cut_pickle = (EOFError, pickle.UnpicklingError)  # what a pickle cut short raises
     readers = {"experiment_state-*.json": (json.loads, json.JSONDecodeError),
                "search_gen_state-*.json": (cloudpickle.loads, cut_pickle),
                "searcher-state-*.pkl": (pickle.loads, cut_pickle)}
     lines = []
-    names = _list_at_fs_path(fs, run_path)
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(run_path))]
     for pattern, (read, cut) in readers.items():
         for name in sorted((n for n in names if fnmatch(n, pattern)), reverse=True):
             path = f"{run_path}/{name}"
@@ -135,15 +132,21 @@ def recorded_trials(run_dir: str) -> Optional[set[str]]:
     ``Tuner.restore`` brings back (None when there is no snapshot). The searcher, restored from
     a state that may be newer or older than the snapshot, maps exactly these to study trials
     (:func:`tuner.searcher.resuming_in`)."""
-    from ray.train._internal.storage import get_fs_and_path
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    fs, run_path = get_fs_and_path(run_dir)
-    newest = _find_newest_experiment_checkpoint(run_path, fs=fs)
+    fs, _, newest = _newest_snapshot(run_dir)
     if newest is None:
         return None
     with fs.open_input_stream(newest) as f:
         return {json.loads(t)["trial_id"] for t, _ in json.loads(f.readall())["trial_data"]}
+
+
+def _newest_snapshot(run_dir: str):
+    """The run folder's filesystem and path, and its newest experiment snapshot (None if none), as
+    ``Tuner.restore`` finds them."""
+    from ray.train._internal.storage import get_fs_and_path
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    fs, run_path = get_fs_and_path(run_dir)
+    return fs, run_path, _find_newest_experiment_checkpoint(run_path, fs=fs)
 
 
 def _replace(fs, path: str, content: bytes) -> None:
