@@ -34,7 +34,7 @@ driver had logged but not yet copied are missing from the trial's ``result.json`
 (written at each result) and the checkpoints still have them.
 
 This module is the one place tuner uses Ray's private code (``ray.train._internal``: its storage
-paths and file listing, the checkpoint manager's sorted list, the training result; Tune's newest
+paths and deletion, the checkpoint manager's sorted list, the training result; Tune's newest
 snapshot finder and its cloudpickle loader): Ray has no public API that reads or edits an
 experiment snapshot, and ``Tuner.restore`` is the public API that consumes the repaired one. The
 formats are pinned with Ray (``constraints.txt``) and checked by contract tests on a recorded
@@ -66,11 +66,11 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
     Returns:
         One line per trial that was repaired (also logged); empty when the snapshot agreed.
     """
-    fs, run_path, _ = _newest_snapshot(run_dir)
+    fs, run_path = _fs_and_path(run_dir)
     said = _set_aside_cut_files(fs, run_path)
     for line in said:
         log.warning("%s", line)
-    _, _, newest = _newest_snapshot(run_dir)
+    newest = _newest_snapshot(fs, run_path)
     if newest is None:
         return said
     with fs.open_input_stream(newest) as f:
@@ -104,7 +104,6 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
     import pickle
     from fnmatch import fnmatch
 
-    import pyarrow.fs as pafs
     import ray.cloudpickle as cloudpickle
 
     cut_pickle = (EOFError, pickle.UnpicklingError)  # what a pickle cut short raises
@@ -112,7 +111,7 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
                "search_gen_state-*.json": (cloudpickle.loads, cut_pickle),
                "searcher-state-*.pkl": (pickle.loads, cut_pickle)}
     lines = []
-    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(run_path))]
+    names = _names(fs, run_path)
     for pattern, (read, cut) in readers.items():
         for name in sorted((n for n in names if fnmatch(n, pattern)), reverse=True):
             path = f"{run_path}/{name}"
@@ -132,21 +131,33 @@ def recorded_trials(run_dir: str) -> Optional[set[str]]:
     ``Tuner.restore`` brings back (None when there is no snapshot). The searcher, restored from
     a state that may be newer or older than the snapshot, maps exactly these to study trials
     (:func:`tuner.searcher.resuming_in`)."""
-    fs, _, newest = _newest_snapshot(run_dir)
+    fs, run_path = _fs_and_path(run_dir)
+    newest = _newest_snapshot(fs, run_path)
     if newest is None:
         return None
     with fs.open_input_stream(newest) as f:
         return {json.loads(t)["trial_id"] for t, _ in json.loads(f.readall())["trial_data"]}
 
 
-def _newest_snapshot(run_dir: str):
-    """The run folder's filesystem and path, and its newest experiment snapshot (None if none), as
-    ``Tuner.restore`` finds them."""
+def _fs_and_path(run_dir: str):
+    """The run folder's pyarrow filesystem and path in it, as Ray resolves a local path or a URI."""
     from ray.train._internal.storage import get_fs_and_path
+
+    return get_fs_and_path(run_dir)
+
+
+def _newest_snapshot(fs, run_path: str) -> Optional[str]:
+    """The newest experiment snapshot in the run folder (None if none), as ``Tuner.restore`` finds it."""
     from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 
-    fs, run_path = get_fs_and_path(run_dir)
-    return fs, run_path, _find_newest_experiment_checkpoint(run_path, fs=fs)
+    return _find_newest_experiment_checkpoint(run_path, fs=fs)
+
+
+def _names(fs, path: str) -> list[str]:
+    """The names in a folder (none if it does not exist), through pyarrow's public listing."""
+    import pyarrow.fs as pafs
+
+    return [i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))]
 
 
 def _replace(fs, path: str, content: bytes) -> None:
@@ -185,9 +196,7 @@ def _fix_search_state(fs, run_path: str, trials: dict[str, str]) -> list[str]:
     from fnmatch import fnmatch
 
     import ray.cloudpickle as cloudpickle
-    from ray.train._internal.storage import _list_at_fs_path
-
-    names = sorted(n for n in _list_at_fs_path(fs, run_path) if fnmatch(n, "search_gen_state-*.json"))
+    names = sorted(n for n in _names(fs, run_path) if fnmatch(n, "search_gen_state-*.json"))
     if not names:
         return []
     path = f"{run_path}/{names[-1]}"  # the one Ray restores: the newest by name (_load_newest_checkpoint)
@@ -247,7 +256,7 @@ def _repair_trial(entry: list, fs, run_path: str, recovered: dict[str, list[dict
     from ray.train import Checkpoint
     from ray.train._internal.checkpoint_manager import _CheckpointManager, _insert_into_sorted_list
     from ray.train._internal.session import _TrainingResult
-    from ray.train._internal.storage import _delete_fs_path, _list_at_fs_path
+    from ray.train._internal.storage import _delete_fs_path
     from ray.train.constants import CHECKPOINT_DIR_NAME
     from ray.tune.trainable.metadata import _TrainingRunMetadata
     from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
@@ -260,10 +269,7 @@ def _repair_trial(entry: list, fs, run_path: str, recovered: dict[str, list[dict
     manager = meta.checkpoint_manager
     folder = f"{run_path}/{storage.trial_dir_name}"  # where the trial is now, even if the run moved
     rows = {r[CHECKPOINT_DIR_NAME]: r for r in _rows(fs, f"{folder}/result.json") if r.get(CHECKPOINT_DIR_NAME)}
-    try:
-        on_disk = sorted(n for n in _list_at_fs_path(fs, folder) if n.startswith(CHECKPOINT_PREFIX))
-    except OSError:  # no folder: the trial never started
-        on_disk = []
+    on_disk = sorted(n for n in _names(fs, folder) if n.startswith(CHECKPOINT_PREFIX))  # none: never started
     latest = manager.latest_checkpoint_result if manager else None
     named = latest.checkpoint.path.rstrip("/").rsplit("/", 1)[-1] if latest else None
     if (on_disk[-1] if on_disk else None) == named:
