@@ -68,6 +68,7 @@ from tuner.denoise import denoise  # noqa: E402
 from tuner.metrics import METRIC, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_image  # noqa: E402
 from tuner.model import build_model  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
+from tuner.search import startup_trials  # noqa: E402
 from tuner.spec import Distribution, ExperimentSpec, load_spec  # noqa: E402
 from tuner.train import fit  # noqa: E402
 
@@ -334,8 +335,7 @@ def make_study(spec: ExperimentSpec):
     import optuna
 
     s, b = spec.searcher, spec.budget
-    startup = s.n_startup_trials if s.n_startup_trials is not None else max(2, min(10, b.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, multivariate=s.multivariate,
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup_trials(spec), multivariate=s.multivariate,
                                          constant_liar=s.constant_liar)
     pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, int(round(b.grace_period))),
                                             max_resource=max(1, int(round(b.max_t))),

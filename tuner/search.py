@@ -418,16 +418,24 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
     )
 
 
+def startup_trials(spec: ExperimentSpec) -> int:
+    """How many finished trials TPE waits for before it models anything (Optuna's
+    ``n_startup_trials``, which counts the warm starts): the spec's ``searcher.n_startup_trials``, or
+    by default Optuna's own 10 after the spec's ``start_from``. With fewer points TPE draws around the
+    best one, the warm start, and a challenger that ties it is a race's most expensive outcome (ASHA
+    promotes it rung after rung and what it trained is lost); random challengers mostly lose at the
+    first rung and leave the winner the time (docs/benchmarks.md, "Random challengers")."""
+    n = spec.searcher.n_startup_trials
+    return n if n is not None else len(spec.start_from) + 10
+
+
 def make_sampler(spec: ExperimentSpec):
     """Optuna's ``TPESampler`` as the spec's ``searcher`` section sets it, seeded by the spec."""
     import optuna
 
-    s, n = spec.searcher, spec.budget.num_samples
-    # TPE samples at random until n_startup_trials finish (Optuna's default: 10); small budgets
-    # would never get past that, so by default a third of the budget is random and the rest is TPE.
-    startup = s.n_startup_trials if s.n_startup_trials is not None else max(2, min(10, n // 3))
-    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup, constant_liar=s.constant_liar,
-                      multivariate=s.multivariate)
+    s = spec.searcher
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup_trials(spec),
+                                      constant_liar=s.constant_liar, multivariate=s.multivariate)
 
 
 def _open_study(spec: ExperimentSpec, run_dir: str):

@@ -102,7 +102,7 @@ class ResourcesSpec(Section):
 class SearcherSpec(Section):
     """Optuna's TPE sampler (``optuna.samplers.TPESampler``), by its own argument names."""
 
-    n_startup_trials: Optional[Annotated[int, Field(ge=0, le=100000)]] = None  # random trials first; default a third of the budget, 2..10
+    n_startup_trials: Optional[Annotated[int, Field(ge=0, le=100000)]] = None  # random trials first, warm starts included; default len(start_from) + 10
     constant_liar: bool = True  # running trials count as poor, so parallel trials spread out (Optuna's advice)
     multivariate: bool = True  # model the hyperparameters jointly, not one at a time
 
