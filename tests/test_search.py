@@ -169,3 +169,18 @@ def test_shipped_specs_load(name):
     spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
     assert spec.name == name
     assert (ROOT / "search_spaces" / f"{name}.yaml").read_text().startswith("#")  # header comment
+
+
+def test_tpe_waits_for_ten_random_trials_after_the_warm_starts_unless_the_spec_says():
+    from tuner.search import make_sampler, startup_trials
+
+    spec = load_spec(ROOT / "benchmarks" / "versus" / "impulse_bsd68.yaml")  # no searcher section
+    assert spec.searcher.n_startup_trials is None and len(spec.start_from) == 1
+    assert startup_trials(spec) == 11  # Optuna's default 10, the warm start not counted among them
+    two = spec.model_copy(update={"start_from": spec.start_from * 2})
+    assert startup_trials(two) == 12
+    shipped = load_spec(ROOT / "search_spaces" / "bsd68.yaml")  # sets n_startup_trials: 1, as Optuna counts
+    assert startup_trials(shipped) == 1
+    import optuna
+
+    assert isinstance(make_sampler(spec), optuna.samplers.TPESampler)
