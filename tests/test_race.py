@@ -14,7 +14,8 @@ import yaml
 
 import tuner
 from tuner.metrics import METRIC
-from tuner.search import WINNER, race_winner
+from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
+from tuner.search import WINNER, continuation_seconds, race_winner
 from tuner.spec import load_spec
 
 from test_reliability import _Search  # the killed-search helper
@@ -62,6 +63,22 @@ def test_a_race_of_one_or_none():
     assert race_winner({}, [10]) is None
     assert race_winner({"x": [(5, math.nan)], "y": []}, [1]) is None
     assert race_winner({"x": [(5, math.nan)], "y": [(5, 3.0)]}, [1]) == "y"  # a diverged epoch does not count
+
+
+def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
+    # The colour sigma-50 race's winner (bench_versus, 2026-12-05): 4.9 training seconds at its first
+    # report (8.9 s of wall time, its start-up in it), 76.2 at its last (85.0 s): 94% of its wall time
+    # in training. 338 s were left; a validation took 2.6 s.
+    clock = [(8.9, 4.9), (20.3, 14.7), (51.2, 44.0), (85.0, 76.2)]
+    share = (76.2 - 4.9) / (85.0 - 8.9)
+    end = continuation_seconds(76.2, 338.3, clock, val_s=2.6)
+    assert end == pytest.approx(76.2 + share * (338.3 - CONTINUE_START_S - 2.6))
+    # Planned at TRAINING_SHARE of all the time left, it was stopped by Ray Tune 40 s short of its end.
+    assert end < 76.2 + TRAINING_SHARE * 338.3 - CONTINUE_START_S - 10
+    # No history to measure: TRAINING_SHARE; a share above it (rounding) is capped; nothing left: nothing more.
+    assert continuation_seconds(10.0, 108.0, [], 0.0) == pytest.approx(10.0 + TRAINING_SHARE * 100.0)
+    assert continuation_seconds(10.0, 108.0, [(1.0, 1.0), (2.0, 3.0)], 0.0) == pytest.approx(10.0 + TRAINING_SHARE * 100.0)
+    assert continuation_seconds(10.0, 5.0, clock, 1.0) == 10.0
 
 
 # ---------------------------------------------------------------- a real search
