@@ -179,7 +179,7 @@ def test_tpe_waits_for_ten_random_trials_after_the_warm_starts_unless_the_spec_s
     assert startup_trials(spec) == 11  # Optuna's default 10, the warm start not counted among them
     two = spec.model_copy(update={"start_from": spec.start_from * 2})
     assert startup_trials(two) == 12
-    shipped = load_spec(ROOT / "search_spaces" / "bsd68.yaml")  # sets n_startup_trials: 1, as Optuna counts
+    shipped = load_spec(ROOT / "search_spaces" / "cbsd68.yaml")  # sets n_startup_trials: 1, as Optuna counts
     assert startup_trials(shipped) == 1
     import optuna
 

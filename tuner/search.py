@@ -343,10 +343,9 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
     checkpoint, metrics = (latest or [max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))])[0]
     trained = float(metrics.get("train_seconds", 0.0))
     df = winner.metrics_dataframe
-    clock = (list(df[["time_total_s", "train_seconds"]].itertuples(index=False))
+    clock = ([(float(w), float(t)) for w, t in df[["time_total_s", "train_seconds"]].itertuples(index=False)]
              if df is not None and {"time_total_s", "train_seconds"} <= set(df) else [])
-    seconds = continuation_seconds(trained, left_s, [(float(w), float(t)) for w, t in clock],
-                                   float(metrics.get("val_seconds", 0.0)))
+    seconds = continuation_seconds(trained, left_s, clock, float(metrics.get("val_seconds", 0.0)))
     if seconds <= trained + b.grace_period:
         log.info("the race left %.0f s: too little for its winner, trial %s, to continue", left_s, key)
         return []
