@@ -65,6 +65,32 @@ def test_a_race_of_one_or_none():
     assert race_winner({"x": [(5, math.nan)], "y": [(5, 3.0)]}, [1]) == "y"  # a diverged epoch does not count
 
 
+def test_the_warm_start_keeps_the_lead_unless_a_challenger_clears_its_last_gain():
+    # The colour sigma-50 race (bench_versus, 2026-12-05, rungs 14.5, 43.6 and the race's end 75.5 s):
+    # a width-16 challenger led the width-24 warm start at every rung, by 0.27 dB at the end, less
+    # than the 0.51 dB the warm start gained since 43.6 s; it won, continued, and finished 0.16 dB
+    # below the warm start trained alone. The warm start now continues.
+    warm = [(4.8, 14.88), (14.6, 23.26), (44.0, 25.34), (75.6, 25.85)]
+    challenger = [(4.9, 15.18), (14.6, 23.44), (43.9, 25.67), (75.6, 26.12)]
+    rungs = [4.84, 14.52, 43.56, 75.5]
+    histories = {"warm": warm, "challenger": challenger}
+    assert race_winner(histories, rungs) == "challenger"  # ASHA's judgement alone
+    assert race_winner(histories, rungs, incumbents=["warm"]) == "warm"
+    # A lead larger than that gain wins (a warm start that is wrong for the task is replaced).
+    far = [(t, v + 0.6) for t, v in challenger]
+    assert race_winner({"warm": warm, "far": far}, rungs, incumbents=["warm"]) == "far"
+    # A warm start that leads wins either way; a warm start that stopped at a lower rung is not
+    # compared at the higher one; with several warm starts the best of them is the bar.
+    assert race_winner({"warm": challenger, "c": warm}, rungs, incumbents=["warm"]) == "warm"
+    assert race_winner({"warm": warm[:2], "c": challenger, "d": [(t, v - 1) for t, v in challenger]},
+                       rungs, incumbents=["warm"]) == "c"
+    other = [(t, v - 0.1) for t, v in warm]
+    assert race_winner({"warm": warm, "warm2": other, "challenger": challenger}, rungs,
+                       incumbents=["warm", "warm2"]) == "warm"
+    # A warm start with one validation at the rung (none below it to gain from): no margin.
+    assert race_winner({"warm": warm[-1:], "challenger": challenger}, rungs, incumbents=["warm"]) == "challenger"
+
+
 def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
     # The colour sigma-50 race's winner (bench_versus, 2026-12-05): 4.9 training seconds at its first
     # report (8.9 s of wall time, its start-up in it), 76.2 at its last (85.0 s): 94% of its wall time

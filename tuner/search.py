@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -257,14 +258,23 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
 
 
-def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[float]) -> Optional[str]:
+def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[float],
+                incumbents: Collection[str] = ()) -> Optional[str]:
     """The race's best trial, judged as ASHA judges: at the highest rung that two or more trials
     reached, by the first ``val_psnr`` at or past it (so a trial that ran further is not preferred
     for its extra training); with no such rung (one trial), the best ``val_psnr``.
 
+    The warm starts (``incumbents``: the spec's ``start_from``, the user's prior) keep the lead
+    unless a challenger is ahead of the best of them at that rung by more than it gained since its
+    previous rung: a lead that one more rung interval of the warm start's own progress would close
+    is within what a short race cannot tell (a smaller or faster-starting configuration leads early,
+    and a validation in mid-schedule swings by a few tenths of a dB), and every such challenger
+    that won a race measured so far finished below the warm start trained alone (docs/benchmarks.md).
+
     Args:
         histories: each trial's validations, ``(train_seconds, val_psnr)`` in order.
         rungs: ASHA's rungs and the race's end, in training seconds.
+        incumbents: the keys of the warm-start trials.
 
     Returns:
         The winner's key, or None when no trial has a finite validation.
@@ -273,10 +283,23 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
     histories = {k: h for k, h in histories.items() if h}
     if not histories:
         return None
-    for rung in sorted(rungs, reverse=True):
-        at = {k: next(v for t, v in h if t >= rung) for k, h in histories.items() if h[-1][0] >= rung}
-        if len(at) >= 2:
-            return max(at, key=at.get)
+
+    def at(rung: float) -> dict[str, float]:
+        return {k: next(v for t, v in h if t >= rung) for k, h in histories.items() if h[-1][0] >= rung}
+
+    rungs = sorted(rungs, reverse=True)
+    for i, rung in enumerate(rungs):
+        here = at(rung)
+        if len(here) < 2:
+            continue
+        best = max(here, key=here.get)
+        warm = [k for k in here if k in incumbents]
+        if best in incumbents or not warm:
+            return best
+        prior = max(warm, key=here.get)
+        before = next((at(r)[prior] for r in rungs[i + 1:] if prior in at(r)), None)
+        gain = max(0.0, here[prior] - before) if before is not None else 0.0
+        return best if here[best] - here[prior] > gain else prior
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
 
 
@@ -332,7 +355,9 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         df = r.metrics_dataframe
         rows = df[["train_seconds", METRIC]].itertuples(index=False) if df is not None and METRIC in df else []
         histories[r.metrics["trial_id"]] = [(float(t), float(v)) for t, v in rows]
-    key = race_winner(histories, [*b.rungs, b.race_seconds])
+    warm = [r.metrics["trial_id"] for r in ok
+            if any(all(r.config.get(k) == v for k, v in point.items()) for point in spec.start_from)]
+    key = race_winner(histories, [*b.rungs, b.race_seconds], warm)
     if key is None:
         log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
         return []
