@@ -91,6 +91,54 @@ def test_the_warm_start_keeps_the_lead_unless_a_challenger_clears_its_last_gain(
     assert race_winner({"warm": warm[-1:], "challenger": challenger}, rungs, incumbents=["warm"]) == "challenger"
 
 
+# The headline race (bsd68.yaml, bench_versus, 2026-12-05 08:41; rungs 18.3, 54.9, 164.7 s, the race's
+# end 285 s): the warm start, then a width-32 challenger that ASHA promoted to the end, tying it.
+HEADLINE_RUNGS = [18.3, 54.9, 164.7]
+HEADLINE_WARM = [(7, 20.41), (18.3, 24.83), (34, 25.87), (51, 26.24), (55, 26.20), (72, 26.43), (87, 26.62),
+                 (101, 26.78), (114, 26.84), (129, 26.91), (142, 26.97), (155, 26.94), (165, 27.05),
+                 (178, 27.00), (204, 27.17), (230, 27.17), (254, 27.25), (280, 27.30), (285, 27.28)]
+HEADLINE_CHALLENGER = [(12, 21.23), (18.4, 25.12), (43, 26.29), (55, 26.64), (79, 26.83), (105, 26.95),
+                       (130, 27.08), (153, 27.18), (165, 27.12), (188, 27.26), (213, 27.24), (239, 27.29),
+                       (264, 27.35), (285, 27.42)]
+
+
+def test_the_rung_rule_stops_a_challenger_that_ties_the_warm_start():
+    """WarmStartASHA (Ray Tune's ASHA with the warm start's lead): the headline's challenger led by
+    0.44 dB at the 54.9-s rung, where the warm start had gained 1.37 since 18.3 s: stopped there,
+    not 230 training seconds later at the race's end, where race_winner would not have chosen it."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.scheduler import WarmStartASHA
+
+    start_from = [{"width": 16, "latent_dim": 128, "lr": 1.0e-3, "loss": "mse"}]
+    scheduler = WarmStartASHA(start_from, HEADLINE_RUNGS, time_attr="train_seconds", metric=METRIC, mode="max",
+                              max_t=285.0, grace_period=18.3, reduction_factor=3)
+    warm = Trial("trainable", config={**start_from[0], "depth": 3}, stub=True)
+    challenger = Trial("trainable", config={"width": 32, "latent_dim": 64, "lr": 5.9e-4, "loss": "mse", "depth": 3},
+                       stub=True)
+    for trial in (warm, challenger):
+        scheduler.on_trial_add(None, trial)
+
+    def feed(trial, history):
+        for t, v in history:
+            action = scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v})
+            if action == TrialScheduler.STOP:
+                return t
+        return None
+
+    assert feed(warm, HEADLINE_WARM[:-1]) is None  # the warm start runs through every rung
+    assert feed(challenger, HEADLINE_CHALLENGER) == 55  # first past 54.9 s
+    # A challenger far ahead (a warm start wrong for the task) is not stopped by the rule.
+    far = Trial("trainable", config={"width": 24, "latent_dim": 64, "lr": 1.5e-3, "loss": "mse", "depth": 3}, stub=True)
+    scheduler.on_trial_add(None, far)
+    assert feed(far, [(t, v + 1.5) for t, v in HEADLINE_CHALLENGER[:-1]]) is None
+    # Judged at the end the same way: the tie does not win; the far one does.
+    rungs = [*HEADLINE_RUNGS, 285.0]
+    assert race_winner({"w": HEADLINE_WARM, "c": HEADLINE_CHALLENGER}, rungs, ["w"]) == "w"
+    assert race_winner({"w": HEADLINE_WARM, "c": HEADLINE_CHALLENGER}, rungs) == "c"  # ASHA's judgement alone
+
+
 def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
     # The colour sigma-50 race's winner (bench_versus, 2026-12-05): 4.9 training seconds at its first
     # report (8.9 s of wall time, its start-up in it), 76.2 at its last (85.0 s): 94% of its wall time

@@ -258,18 +258,44 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
 
 
+def is_warm_start(config: dict[str, Any], start_from: list[dict[str, Any]]) -> bool:
+    """Whether a trial's ``config`` is one of the spec's ``start_from`` points (every value it names)."""
+    return any(all(config.get(k) == v for k, v in point.items()) for point in start_from)
+
+
+def value_at(history: list[tuple[float, float]], rung: float) -> Optional[float]:
+    """The first ``val_psnr`` at or past ``rung`` training seconds, or None if it never got there."""
+    return next((v for t, v in history if t >= rung), None)
+
+
+def warm_start_margin(warm: list[tuple[float, float]], rung: float, rungs: Collection[float]) -> Optional[float]:
+    """How far a challenger must lead a warm start at ``rung`` to take its place: what the warm start
+    gained there since the highest lower rung it reached (0 if it lost ground); None if it has not
+    reached ``rung`` or reached no rung below it. A lead that one more rung interval of the warm
+    start's own progress would close is within what a short race cannot tell: a smaller or faster-
+    starting configuration leads early, and a validation in mid-schedule swings by a few tenths of a
+    dB (docs/benchmarks.md, "The warm start's lead").
+
+    Args:
+        warm: the warm start's validations, ``(train_seconds, val_psnr)`` in order, finite.
+        rung: where it is compared, in training seconds.
+        rungs: ASHA's rungs and the race's end.
+    """
+    here = value_at(warm, rung)
+    below = [v for v in (value_at(warm, r) for r in sorted(rungs, reverse=True) if r < rung) if v is not None]
+    if here is None or not below:
+        return None
+    return max(0.0, here - below[0])
+
+
 def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[float],
                 incumbents: Collection[str] = ()) -> Optional[str]:
     """The race's best trial, judged as ASHA judges: at the highest rung that two or more trials
     reached, by the first ``val_psnr`` at or past it (so a trial that ran further is not preferred
-    for its extra training); with no such rung (one trial), the best ``val_psnr``.
-
-    The warm starts (``incumbents``: the spec's ``start_from``, the user's prior) keep the lead
-    unless a challenger is ahead of the best of them at that rung by more than it gained since its
-    previous rung: a lead that one more rung interval of the warm start's own progress would close
-    is within what a short race cannot tell (a smaller or faster-starting configuration leads early,
-    and a validation in mid-schedule swings by a few tenths of a dB), and every such challenger
-    that won a race measured so far finished below the warm start trained alone (docs/benchmarks.md).
+    for its extra training); with no such rung (one trial), the best ``val_psnr``. The best warm
+    start there (``incumbents``: the spec's ``start_from``, the user's prior) keeps the lead unless a
+    challenger leads it by more than :func:`warm_start_margin`; every challenger that won a race
+    measured so far by less finished below the warm start trained alone.
 
     Args:
         histories: each trial's validations, ``(train_seconds, val_psnr)`` in order.
@@ -283,13 +309,8 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
     histories = {k: h for k, h in histories.items() if h}
     if not histories:
         return None
-
-    def at(rung: float) -> dict[str, float]:
-        return {k: next(v for t, v in h if t >= rung) for k, h in histories.items() if h[-1][0] >= rung}
-
-    rungs = sorted(rungs, reverse=True)
-    for i, rung in enumerate(rungs):
-        here = at(rung)
+    for rung in sorted(rungs, reverse=True):
+        here = {k: v for k, v in ((k, value_at(h, rung)) for k, h in histories.items()) if v is not None}
         if len(here) < 2:
             continue
         best = max(here, key=here.get)
@@ -297,9 +318,8 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
         if best in incumbents or not warm:
             return best
         prior = max(warm, key=here.get)
-        before = next((at(r)[prior] for r in rungs[i + 1:] if prior in at(r)), None)
-        gain = max(0.0, here[prior] - before) if before is not None else 0.0
-        return best if here[best] - here[prior] > gain else prior
+        margin = warm_start_margin(histories[prior], rung, rungs) or 0.0
+        return best if here[best] - here[prior] > margin else prior
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
 
 
@@ -355,9 +375,12 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         df = r.metrics_dataframe
         rows = df[["train_seconds", METRIC]].itertuples(index=False) if df is not None and METRIC in df else []
         histories[r.metrics["trial_id"]] = [(float(t), float(v)) for t, v in rows]
-    warm = [r.metrics["trial_id"] for r in ok
-            if any(all(r.config.get(k) == v for k, v in point.items()) for point in spec.start_from)]
+    warm = [r.metrics["trial_id"] for r in ok if is_warm_start(r.config, spec.start_from)]
     key = race_winner(histories, [*b.rungs, b.race_seconds], warm)
+    ahead = race_winner(histories, [*b.rungs, b.race_seconds])
+    if key != ahead:
+        log.info("trial %s led the race by less than the warm start %s gained over its last rung: "
+                 "the warm start keeps the lead", ahead, key)
     if key is None:
         log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
         return []
@@ -419,12 +442,17 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
 
 def make_scheduler(spec: ExperimentSpec):
     """ASHA, its rungs in epochs or in training seconds (``budget.time_attr``), so that a small fast
-    model and a large slow one are compared after the same compute."""
+    model and a large slow one are compared after the same compute; in a race (``continue_best``)
+    with warm starts, :class:`WarmStartASHA`."""
     from ray.tune.schedulers import ASHAScheduler
 
     b = spec.budget
-    return ASHAScheduler(time_attr=b.time_attr, max_t=b.max_t, grace_period=b.grace_period,
-                         reduction_factor=b.reduction_factor)
+    kwargs = dict(time_attr=b.time_attr, max_t=b.max_t, grace_period=b.grace_period, reduction_factor=b.reduction_factor)
+    if b.continue_best and spec.start_from:
+        from tuner.scheduler import WarmStartASHA
+
+        return WarmStartASHA(spec.start_from, b.rungs, **kwargs)
+    return ASHAScheduler(**kwargs)
 
 
 def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, scheduler, num_samples: int,
