@@ -443,7 +443,7 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
 def make_scheduler(spec: ExperimentSpec):
     """ASHA, its rungs in epochs or in training seconds (``budget.time_attr``), so that a small fast
     model and a large slow one are compared after the same compute; in a race (``continue_best``)
-    with warm starts, :class:`WarmStartASHA`."""
+    with warm starts, :class:`tuner.scheduler.WarmStartASHA`."""
     from ray.tune.schedulers import ASHAScheduler
 
     b = spec.budget
