@@ -376,8 +376,8 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         rows = df[["train_seconds", METRIC]].itertuples(index=False) if df is not None and METRIC in df else []
         histories[r.metrics["trial_id"]] = [(float(t), float(v)) for t, v in rows]
     warm = [r.metrics["trial_id"] for r in ok if is_warm_start(r.config, spec.start_from)]
-    key = race_winner(histories, [*b.rungs, b.race_seconds], warm)
-    ahead = race_winner(histories, [*b.rungs, b.race_seconds])
+    rungs = [*b.rungs, b.race_seconds]
+    key, ahead = race_winner(histories, rungs, warm), race_winner(histories, rungs)
     if key != ahead:
         log.info("trial %s led the race by less than the warm start %s gained over its last rung: "
                  "the warm start keeps the lead", ahead, key)
