@@ -28,8 +28,9 @@ whole image, the output rounded to 8 bits, large images denoised in tiles as ``t
 
 Tasks (``TASKS``): ``bsd68_s25`` (``search_spaces/bsd68.yaml`` as shipped: Train400 -> BSD68,
 sigma 25, 30 minutes; the headline) and 10-minute tasks in ``benchmarks/versus/`` that the warm
-starts were not tuned for: impulse noise on the photos, sigma 50 in colour, and the digits
-quickstart with a time budget. ``--seeds`` replaces the spec's seed (searcher, trials, weights); the
+starts were not tuned for: impulse noise on the photos, sigma 50 in colour, the digits
+quickstart with a time budget, and the digits from seed 001's notebook recipe (a warm start a user
+brings, far from the task's best). ``--seeds`` replaces the spec's seed (searcher, trials, weights); the
 evaluation noise stays fixed.
 
 Each (task, seed, arm) is saved to ``benchmarks/out/versus/*.json`` as it finishes and skipped when
@@ -37,7 +38,7 @@ run again (``--force`` reruns it); ``--write`` renders the markdown section from
 (printed, and written to ``benchmarks/out/versus/section.md``, with the summary table's row in
 ``benchmarks/out/versus/bench_versus.json``, ``benchmarks/summary.py``'s format). On the 2-core CPU:
 
-    python benchmarks/bench_versus.py --seeds 0 1                        # ~6 h: 2 x (3 x 30 + 9 x 10 min)
+    python benchmarks/bench_versus.py --seeds 0 1                        # ~7 h: 2 x (3 x 30 + 12 x 10 min)
     python benchmarks/bench_versus.py --tasks bsd68_s25 --seeds 0 1      # the headline, ~3 h
     python benchmarks/bench_versus.py --write                            # the section
     python benchmarks/bench_versus.py --tasks quickstart --budget-scale 0.1 --write   # smoke, ~3.5 min
@@ -96,6 +97,8 @@ TASKS = {t.name: t for t in [
          "CBSD432 -> CBSD68, Gaussian sigma 50, colour"),
     Task("quickstart", HERE / "versus" / "quickstart.yaml", 600,
          "5,000 MNIST digits (mnist5k), Gaussian 0.5 (`quickstart.yaml` with a time budget)"),
+    Task("digits_notebook", HERE / "versus" / "digits_notebook.yaml", 600,
+         "5,000 MNIST digits (mnist5k), Gaussian 0.5, from seed 001's notebook recipe (a warm start not tuned for it)"),
 ]}
 
 # The tuner arm's process spends time outside Ray Tune's time_budget_s: Python and torch imports and
@@ -553,8 +556,12 @@ def _load(scale: float) -> list[dict]:
     return [r for r in records if "task" in r and r.get("budget_scale", 1) == scale]  # not the summary row
 
 
-def _config(c: dict) -> str:
-    keys = ("width", "latent_dim", "depth", "convs_per_stage", "residual", "lr", "loss", "noise_level", "dropout")
+CONFIG_KEYS = ("width", "latent_dim", "depth", "convs_per_stage", "residual", "lr", "loss", "noise_level", "dropout")
+
+
+def _config(c: dict, searched: tuple[str, ...] = ()) -> str:
+    """A configuration in one line: CONFIG_KEYS, then the task's other searched hyperparameters."""
+    keys = CONFIG_KEYS + tuple(k for k in searched if k not in CONFIG_KEYS)
     return ", ".join(f"{k} {c[k]:.3g}" if isinstance(c[k], float) else f"{k} {c[k]}" for k in keys if k in c)
 
 
@@ -624,7 +631,7 @@ def render(scale: float = 1.0) -> str:
                   + "; ".join(f"`{c}`" for c in commands) + ".", "",
                   "Test PSNR (dB" + (f"; the noisy input scores {noisy:.2f}" if noisy is not None else "") + "):", "",
                   table(["seed"] + arms + [f"tuner - {a}" for a in others], rows), ""]
-        detail = []
+        detail, searched = [], tuple(load_spec(task.spec).search)
         for r in sorted(rs, key=lambda r: (r["seed"], ARMS.index(r["arm"]))):
             if r.get("failed"):
                 detail.append([r["seed"], r["arm"], "-", "-", "-", f"failed: {r['failed']}"])
@@ -634,7 +641,7 @@ def render(scale: float = 1.0) -> str:
                                          if states else "")
             over = " (over)" if r["wall_s"] > r["wall_budget_s"] * 1.01 else ""
             detail.append([r["seed"], r["arm"], f"{r[METRIC]:.2f}", trials,
-                           f"{r['wall_s']:.0f} / {r['wall_budget_s']:.0f}{over}", _speed(r), _config(r["best_config"])])
+                           f"{r['wall_s']:.0f} / {r['wall_budget_s']:.0f}{over}", _speed(r), _config(r["best_config"], searched)])
         lines += [table(["seed", "arm", "val_psnr", "trials (Optuna states)", "wall s (of W)", "samples / training s",
                          "best configuration"], detail), ""]
     return "\n".join(lines).rstrip() + "\n"
