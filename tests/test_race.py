@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 import tuner
-from tuner.metrics import METRIC
+from tuner.metrics import METRIC, MODE
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
-from tuner.search import WINNER, continuation_seconds, race_winner
+from tuner.search import WINNER, continuation_seconds, latest_checkpoint, race_winner
 from tuner.spec import load_spec
 
 from test_reliability import _Search  # the killed-search helper
@@ -161,7 +161,8 @@ def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
 def race_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("race")
     path = tmp / "race.yaml"
-    path.write_text(yaml.safe_dump(RACE_SPEC))
+    # keep_checkpoints 1: Ray lists only a trial's best checkpoint, and keeps its latest on disk beside it
+    path.write_text(yaml.safe_dump({**RACE_SPEC, "budget": {**RACE_SPEC["budget"], "keep_checkpoints": 1}}))
     spec = load_spec(path)
     result = tuner.tune(spec, storage=str(tmp / "runs"), report=False, verbose=0)
     return result, spec
@@ -186,6 +187,8 @@ def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
     raced = race[winner]
     assert rows[0]["train_seconds"] > max(r["train_seconds"] for r in raced) * 0.5  # not from scratch
     assert rows[0]["epoch"] > min(r["epoch"] for r in raced)
+    # From its latest checkpoint (one every epoch here), where the race left it, not its best validation.
+    assert rows[0]["epoch"] == raced[-1]["epoch"] + 1
     # Its schedule spans the whole: it trained past the race to its own max_train_seconds, where the
     # cosine schedule ends (the learning rate near zero), having started mid-schedule (near the peak).
     config = json.loads((folder / "params.json").read_text())
@@ -198,6 +201,21 @@ def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
     assert best[METRIC] == pytest.approx(max(r[METRIC] for r in rows), abs=1e-4)
     assert best[METRIC] > max(r[METRIC] for r in raced)  # training on improved on the race
     assert best["test_psnr"] > best["noisy_test_psnr"] + 3
+
+
+def test_the_latest_checkpoint_of_a_race_trial_is_where_it_stopped(race_run):
+    """With keep_checkpoints 1 Ray's results list only each trial's best checkpoint; the latest, where
+    the race left the trial and where its winner continues, is found with the metrics that wrote it."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    result, _ = race_run
+    grid = ResultGrid(ExperimentAnalysis(result.run_dir, default_metric=METRIC, default_mode=MODE))
+    assert len(grid) >= 2
+    for r in grid:
+        checkpoint, metrics = latest_checkpoint(r)
+        rows = _rows(Path(r.path) / "result.json")
+        assert checkpoint.path == r.checkpoint.path and len(r.best_checkpoints) == 1
+        assert metrics["epoch"] == rows[-1]["epoch"] and metrics[METRIC] == pytest.approx(rows[-1][METRIC])
 
 
 def test_the_winner_continues_from_the_study_trial_it_was(race_run):

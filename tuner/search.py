@@ -347,6 +347,24 @@ def continuation_seconds(trained: float, left_s: float, race_clock: list[tuple[f
     return trained + share * max(0.0, left_s - CONTINUE_START_S - val_s)
 
 
+def latest_checkpoint(result) -> Optional[tuple[Any, dict[str, Any]]]:
+    """A race trial's latest checkpoint and the metrics reported with it, or None. Ray keeps the
+    latest on disk (``result.checkpoint``) beside the best ``keep_checkpoints``, but lists only the best
+    in ``result.best_checkpoints``: with ``keep_checkpoints: 1`` the latest is often not among them, so
+    its metrics are the row of the trial's results that wrote it (``checkpoint_dir_name``)."""
+    latest = result.checkpoint
+    if latest is None:
+        return None
+    for c, m in result.best_checkpoints:
+        if c.path == latest.path:
+            return c, m
+    df = result.metrics_dataframe
+    if df is None or "checkpoint_dir_name" not in df:
+        return None
+    rows = df[df["checkpoint_dir_name"] == os.path.basename(latest.path.rstrip("/"))]
+    return (latest, rows.iloc[-1].to_dict()) if len(rows) else None
+
+
 def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resources: dict[str, float], run_dir: str, *,
                     left_s: float, resume: bool = False, verbose: int = 1) -> list:
     """The winner continues: the race's best trial (:func:`race_winner`) resumes from its latest
@@ -387,10 +405,10 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
     winner = next(r for r in ok if r.metrics["trial_id"] == key)
     # Its latest checkpoint (Ray always keeps it), where the race left it: a better validation earlier
     # was a noisier measure of a less trained model, mid-schedule.
-    latest = [(c, m) for c, m in winner.best_checkpoints if winner.checkpoint and c.path == winner.checkpoint.path]
-    checkpoint, metrics = (latest or [max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))])[0]
-    trained = float(metrics.get("train_seconds", 0.0))
     df = winner.metrics_dataframe
+    latest = latest_checkpoint(winner)
+    checkpoint, metrics = latest or max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    trained = float(metrics.get("train_seconds", 0.0))
     clock = ([(float(w), float(t)) for w, t in df[["time_total_s", "train_seconds"]].itertuples(index=False)]
              if df is not None and {"time_total_s", "train_seconds"} <= set(df) else [])
     seconds = continuation_seconds(trained, left_s, clock, float(metrics.get("val_seconds", 0.0)))
