@@ -139,6 +139,77 @@ def test_the_rung_rule_stops_a_challenger_that_ties_the_warm_start():
     assert race_winner({"w": HEADLINE_WARM, "c": HEADLINE_CHALLENGER}, rungs) == "c"  # ASHA's judgement alone
 
 
+# The photos_notebook race, seed 1 (bench_versus's spec, 2026-12-05 16:26; 10% impulse noise, the noisy
+# validation images at 18.33 dB; rungs 4.36, 13.08, 39.24 s, the race's end 67.9 s): the warm start, a
+# plain autoencoder, then a residual U-Net that ASHA stopped at 13 s, still at the noisy input. Its later
+# points: the same U-Net without batch norm trained by itself (tuner.fit, the race's schedule), which sat
+# there to 25 s and scored 32.1 at 70 s.
+PHOTOS_RUNGS = [4.36, 13.08, 39.24]
+PHOTOS_IDENTITY = 18.33
+PHOTOS_WARM = [(4.2, 13.98), (4.4, 14.11), (13.1, 20.21), (39.3, 24.21), (68.0, 22.19)]
+PHOTOS_UNET = [(4.5, 17.31), (13.2, 18.19), (25.0, 18.38), (39.1, 20.19), (50.0, 21.69), (60.1, 29.19), (68.1, 31.93)]
+
+
+def _photos_race(identity_psnr, restored_from=None):
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.scheduler import WarmStartASHA
+
+    start_from = [{"width": 32, "skip": False, "residual": "none", "loss": "mse"}]
+    scheduler = WarmStartASHA(start_from, PHOTOS_RUNGS, identity_psnr=identity_psnr, max_hedged=1,
+                              time_attr="train_seconds", metric=METRIC, mode="max", max_t=67.9,
+                              grace_period=4.36, reduction_factor=3)
+
+    def add(**config):
+        trial = Trial("trainable", config={**start_from[0], **config}, stub=True)
+        scheduler.on_trial_add(None, trial)
+        return trial
+
+    def feed(trial, history):
+        """Where the scheduler stops ``trial`` (None: it ran through ``history``)."""
+        for t, v in history:
+            if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
+                return t
+        return None
+
+    if restored_from is not None:  # a resumed race: Tune restores its scheduler from the run's snapshot
+        scheduler.restore(restored_from)
+        return add, feed, scheduler
+    assert feed(add(), PHOTOS_WARM) == 68.0  # the warm start runs to the race's end (ASHA's max_t)
+    return add, feed, scheduler
+
+
+def test_a_residual_challenger_still_at_the_noisy_input_is_judged_at_the_race_end(tmp_path):
+    add, feed, scheduler = _photos_race(PHOTOS_IDENTITY)
+    unet = {"skip": True, "residual": "pixel", "loss": "l1"}
+    hedged = add(**unet)
+    assert feed(hedged, PHOTOS_UNET[:3]) is None  # hedged at 13 s
+    scheduler.save(str(tmp_path / "scheduler.pkl"))  # the race is interrupted and resumed here
+    add, feed, _ = _photos_race(PHOTOS_IDENTITY, restored_from=str(tmp_path / "scheduler.pkl"))
+    assert feed(hedged, PHOTOS_UNET[3:]) == 68.1  # still hedged: it runs to the race's end
+    assert race_winner({"w": PHOTOS_WARM, "u": PHOTOS_UNET}, [*PHOTOS_RUNGS, 67.9], ["w"]) == "u"
+    # One hedge per trial running at once: a second such challenger is stopped where ASHA stops it.
+    assert feed(add(**unet, lr=0.002), PHOTOS_UNET) == 13.2
+    # A plain autoencoder there has no identity to leave (it starts from nothing): stopped.
+    add2, feed2, _ = _photos_race(PHOTOS_IDENTITY)
+    assert feed2(add2(loss="l1"), PHOTOS_UNET) == 13.2
+    # A residual challenger that has left the noisy input (by more than IDENTITY_DB) is judged as any other.
+    assert feed2(add2(**unet), [(t, v + 1.2) for t, v in PHOTOS_UNET]) == 13.2
+
+
+def test_no_hedge_without_the_noisy_input_score_or_at_the_first_rung():
+    add, feed, _ = _photos_race(None)  # what make_scheduler gives without a race's warm start
+    assert feed(add(skip=True, residual="pixel"), PHOTOS_UNET) == 13.2
+    # At the first rung no model has trained long enough to leave the noisy input: ASHA's screening
+    # stands (the challenger at 19.3 raises its cutoff to 17.57).
+    add, feed, _ = _photos_race(PHOTOS_IDENTITY)
+    assert feed(add(residual="pixel", lr=0.002), [(4.4, 19.3)]) is None
+    assert feed(add(skip=True, residual="pixel"), [(4.4, 17.4), (13.1, 18.3)]) == 4.4
+    # A residual challenger far below the noisy input (it makes the images worse) is judged as any other.
+    assert feed(add(skip=True, residual="pixel", lr=0.003), [(4.4, 19.5), (13.1, 16.0)]) == 13.1
+
+
 def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
     # The colour sigma-50 race's winner (bench_versus, 2026-12-05): 4.9 training seconds at its first
     # report (8.9 s of wall time, its start-up in it), 76.2 at its last (85.0 s): 94% of its wall time

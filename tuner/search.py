@@ -34,7 +34,7 @@ from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
 from tuner.config import TrialConfig
 from tuner.spec import ExperimentSpec
 from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
-from tuner.train import CheckpointCadence, fit, pick_device
+from tuner.train import CheckpointCadence, fit, noisy_baseline, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,15 @@ def _warn_unusable_gpu(gpu_ids: list) -> None:
 
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
+
+
+def _identity_psnr(spec: ExperimentSpec, data: Splits) -> Optional[float]:
+    """The noisy validation images' own ``val_psnr`` (what a model that changes nothing scores), for
+    a race's scheduler; None when there is no race with a warm start."""
+    if not (spec.budget.continue_best and spec.start_from):
+        return None
+    noise, seed = _eval_noise(spec.eval_noise.model_dump())
+    return noisy_baseline(data, noise, seed)
 
 
 def _eval_noise(spec: dict[str, Any]) -> tuple[Noise, int]:
@@ -233,7 +242,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                      b.race_limit_s, b.max_train_seconds)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
-                           scheduler=make_scheduler(spec), num_samples=num_samples, verbose=verbose)
+                           scheduler=make_scheduler(spec, identity_psnr=_identity_psnr(spec, data)),
+                           num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
     with resuming_in(run_dir, ray_trials) if resume else contextlib.nullcontext():
         results = tuner.fit()
@@ -458,18 +468,21 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
                                       run_dir=run_dir)
 
 
-def make_scheduler(spec: ExperimentSpec):
+def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None):
     """ASHA, its rungs in epochs or in training seconds (``budget.time_attr``), so that a small fast
     model and a large slow one are compared after the same compute; in a race (``continue_best``)
-    with warm starts, :class:`tuner.scheduler.WarmStartASHA`."""
+    with warm starts, :class:`tuner.scheduler.WarmStartASHA`, which judges a residual challenger still
+    at ``identity_psnr`` (the noisy validation images' own score) past the first rung only at the
+    race's end, one per trial running at once."""
     from ray.tune.schedulers import ASHAScheduler
 
     b = spec.budget
     kwargs = dict(time_attr=b.time_attr, max_t=b.max_t, grace_period=b.grace_period, reduction_factor=b.reduction_factor)
     if b.continue_best and spec.start_from:
-        from tuner.scheduler import WarmStartASHA
+        from tuner.scheduler import HEDGED_PER_SLOT, WarmStartASHA
 
-        return WarmStartASHA(spec.start_from, b.rungs, **kwargs)
+        return WarmStartASHA(spec.start_from, b.rungs, identity_psnr=identity_psnr,
+                             max_hedged=HEDGED_PER_SLOT * b.max_concurrent, **kwargs)
     return ASHAScheduler(**kwargs)
 
 
