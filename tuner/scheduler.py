@@ -12,11 +12,12 @@ score the noisy input itself. Under impulse noise it can sit there for tens of t
 before it learns which pixels are corrupted, then overtake every plain autoencoder (measured on
 ``benchmarks/versus/photos_notebook.yaml``, 10% impulse noise: a residual U-Net scored 18.6 dB at 13
 training seconds, the noisy input's 18.3, then 22.1 at 39 s and 30.4 at 68 s, where the warm start, a
-plain autoencoder, scored 20.5, 24.2 and 25.0). Its score at
-a rung then says when it will start, not where it will end: a challenger still within
-:data:`IDENTITY_DB` of the noisy input at a rung past the first is not stopped there but
-**hedged**, judged only at the race's end (Hyperband's bracket without early stopping,
-for at most :data:`HEDGED_PER_SLOT` challengers per trial running at once).
+plain autoencoder, scored 20.5, 24.2 and 25.0). Its score at a rung then says when it will start,
+not where it will end: a challenger still within :data:`IDENTITY_DB` of the noisy input at a rung
+past the first is not stopped there but **hedged**, judged only at the race's end (Hyperband's
+bracket without early stopping), for at most :data:`HEDGED_PER_SLOT` challengers per trial running
+at once. At the first rung no model has trained long enough to leave the noisy input, so ASHA's
+screening stands there.
 """
 from __future__ import annotations
 
