@@ -150,7 +150,7 @@ PHOTOS_WARM = [(4.2, 13.98), (4.4, 14.11), (13.1, 20.21), (39.3, 24.21), (68.0, 
 PHOTOS_UNET = [(4.5, 17.31), (13.2, 18.19), (25.0, 18.38), (39.1, 20.19), (50.0, 21.69), (60.1, 29.19), (68.1, 31.93)]
 
 
-def _photos_race(identity_psnr, restored_from=None):
+def _photos_race(identity_psnr, restored_from=None, warm=PHOTOS_WARM):
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
@@ -176,7 +176,7 @@ def _photos_race(identity_psnr, restored_from=None):
     if restored_from is not None:  # a resumed race: Tune restores its scheduler from the run's snapshot
         scheduler.restore(restored_from)
         return add, feed, scheduler
-    assert feed(add(), PHOTOS_WARM) == 68.0  # the warm start runs to the race's end (ASHA's max_t)
+    assert feed(add(), warm) == warm[-1][0]  # the warm start runs to the race's end (ASHA's max_t)
     return add, feed, scheduler
 
 
@@ -208,6 +208,32 @@ def test_no_hedge_without_the_noisy_input_score_or_at_the_first_rung():
     assert feed(add(skip=True, residual="pixel"), [(4.4, 17.4), (13.1, 18.3)]) == 4.4
     # A residual challenger far below the noisy input (it makes the images worse) is judged as any other.
     assert feed(add(skip=True, residual="pixel", lr=0.003), [(4.4, 19.5), (13.1, 16.0)]) == 13.1
+
+
+# The photos_notebook race, seed 2 (2026-12-05 17:38): the warm start, and a skip U-Net without a
+# residual (width 32, depth 3, l1) that led it by 2.09 dB at 4.4 s and 2.13 at 13 s, where the warm start
+# had gained 4.13 since the first rung. Its later points: the same configuration trained by itself on the
+# race's schedule (tuner.fit).
+PHOTOS_WARM_2 = [(2.9, 13.52), (4.4, 17.08), (13.1, 21.21), (39.3, 24.15), (68.1, 24.57)]
+PHOTOS_SKIP_2 = [(4.4, 19.17), (13.1, 23.34), (39.2, 27.11), (68.1, 27.79)]
+
+
+def test_a_challenger_well_ahead_in_mid_race_is_judged_at_the_race_end():
+    """The warm start's margin in mid-race stops ties only: a challenger ahead by more than TIE_DB
+    runs on, however steeply the warm start climbs, and the race's end judges it with the full margin
+    (there the warm start gained 0.42 dB over the last interval; the U-Net leads by 3.2)."""
+    from tuner.scheduler import TIE_DB
+
+    add, feed, _ = _photos_race(None, warm=PHOTOS_WARM_2)
+    # A tie at 13 s (ahead by 0.79 dB, where the warm start gained 4.13): ASHA would promote it; stopped.
+    assert feed(add(width=16, loss="l1"), [(4.4, 17.2), (13.1, 22.0)]) == 13.1
+    assert 22.0 - 21.21 <= TIE_DB
+    # The U-Net, ahead by 2.13 dB there, runs to the race's end (ASHA's max_t) and wins it.
+    assert feed(add(skip=True, depth=3, loss="l1"), PHOTOS_SKIP_2) == 68.1
+    rungs = [*PHOTOS_RUNGS, 67.9]
+    assert race_winner({"w": PHOTOS_WARM_2, "u": PHOTOS_SKIP_2}, rungs, ["w"]) == "u"
+    # Behind the warm start: ASHA's own screening or the rule, as before.
+    assert feed(add(width=16, lr=3.0e-4), [(4.4, 18.0), (13.1, 19.0)]) == 13.1
 
 
 def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
