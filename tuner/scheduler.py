@@ -100,8 +100,8 @@ class WarmStartASHA(AsyncHyperBandScheduler):
                 margin = warm_start_margin(warm, rung, self._rungs)
                 if margin is not None:
                     bars.append((v - value_at(warm, rung), margin))
-            if bars and min(bars)[0] <= min(min(bars)[1], TIE_DB):
-                lead, margin = min(bars)
+            lead, margin = min(bars, default=(math.inf, 0.0))  # against the best warm start there
+            if lead <= min(margin, TIE_DB):
                 action = self._hedge(trial, before, t, v, TrialScheduler.STOP)
                 if action == TrialScheduler.STOP:
                     log.info("trial %s stopped at %g %s: it ties the warm start, ahead by %.2f dB, no more than "
