@@ -9,7 +9,8 @@ arm runs in its own process, one after another, never two at once:
   seconds), its ``budget.time_budget_s`` set to W less its measured start-up and export, so that
   ``best/metrics.json`` (its ``test_psnr``) is written by W. From ``time_budget_s`` alone the search
   is a race, then its winner continues from its checkpoint (``budget.continue_best``); the record's
-  trial log lists the continuation as ``winner_<trial>``.
+  trial log lists the continuation as ``winner_<trial>`` (and a late starter's second interval as
+  ``late_<trial>``).
 - ``alone``: no search. The spec's first ``start_from`` (on its ``fixed`` and defaults) trained by
   ``tuner.fit`` for the whole budget, its learning-rate schedule spanning it; the best validation
   epoch's weights are scored.
@@ -453,7 +454,8 @@ def _tuner_record(run_dir: Path) -> dict[str, Any]:
         for t in study.trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
     log = []
-    for result in [*sorted(run_dir.glob("trial_*/result.json")), *sorted(run_dir.glob("winner/winner_*/result.json"))]:
+    for result in [*sorted(run_dir.glob("trial_*/result.json")), *sorted(run_dir.glob("late/late_*/result.json")),
+                   *sorted(run_dir.glob("winner/winner_*/result.json"))]:
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if rows:
             last = rows[-1]

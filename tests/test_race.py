@@ -236,6 +236,51 @@ def test_a_challenger_well_ahead_in_mid_race_is_judged_at_the_race_end():
     assert feed(add(width=16, lr=3.0e-4), [(4.4, 18.0), (13.1, 19.0)]) == 13.1
 
 
+# The photos_notebook race, seed 1 (bench_versus, 2026-12-05 20:34; the noisy validation images at 18.33 dB;
+# rungs 4.38, 13.14, 39.4 s, the race's end 68.3): the warm start, a plain autoencoder, won it against a
+# batch-norm residual U-Net hedged at 13 s, still at the noisy input. The U-Net's later points: the same
+# configuration trained by itself on the race's schedule (tuner.fit, 2026-12-05 22:20), which left the
+# noisy input between 68 and 130 training seconds.
+PHOTOS_RUNGS_1 = [4.38, 13.14, 39.4, 68.3]
+PHOTOS_WARM_1 = [(3.0, 13.64), (4.4, 15.44), (13.2, 20.38), (39.4, 22.12), (68.4, 24.92)]
+PHOTOS_LATE_1 = [(4.5, 16.96), (13.2, 18.38), (39.4, 20.52), (68.3, 21.04)]
+PHOTOS_LATE_1_ON = [(80.0, 23.9), (100.0, 27.82), (130.0, 32.03), (150.1, 31.13)]
+
+
+def test_a_late_starter_that_lost_the_race_is_found_and_judged_after_one_more_interval():
+    from tuner.search import IDENTITY_DB, late_start_bar, late_starter
+
+    unet = {"residual": "pixel", "skip": True}
+    histories = {"w": PHOTOS_WARM_1, "u": PHOTOS_LATE_1, "p": [(4.4, 16.0), (13.2, 18.5), (39.4, 19.0), (68.3, 20.5)],
+                 "s": [(4.4, 17.0), (13.2, 18.0)]}  # stopped at the second rung: it did not run the race
+    configs = {"w": {"residual": "none"}, "u": unet, "p": {"residual": "none"}, "s": unet}
+    assert race_winner(histories, PHOTOS_RUNGS_1, ["w"]) == "w"
+    # The U-Net: residual, within IDENTITY_DB of the noisy input at the second rung, ran to the end, lost.
+    assert abs(PHOTOS_LATE_1[1][1] - PHOTOS_IDENTITY) <= IDENTITY_DB
+    assert late_starter(histories, configs, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) == "u"
+    # Not the winner itself, nor a plain autoencoder there (it starts from nothing, not from the identity),
+    # nor any without the noisy input's score or without a rung between the first and the race's end.
+    assert late_starter(histories, configs, PHOTOS_RUNGS_1, "u", PHOTOS_IDENTITY) is None
+    assert late_starter(histories, {**configs, "u": {"residual": "none"}}, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) is None
+    assert late_starter(histories, configs, PHOTOS_RUNGS_1, "w", None) is None
+    assert late_starter(histories, configs, [4.38, 68.3], "w", PHOTOS_IDENTITY) is None
+    # One it has left (by more than IDENTITY_DB at the second rung) is judged as any other.
+    left = {**histories, "u": [(t, v + 1.5) for t, v in PHOTOS_LATE_1]}
+    assert late_starter(left, configs, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) is None
+    # The bar at twice the race: the warm start's 24.92 plus its last gain (2.80 dB from 39.4 to 68.3 s)
+    # carried on per doubling of training, 28.45 (it scored 25.17 at 72 s and 26.84 at 188 s when it went on).
+    until = 2 * 68.3
+    bar = late_start_bar(PHOTOS_WARM_1, PHOTOS_RUNGS_1, until)
+    assert bar == pytest.approx(24.92 + 2.80 * math.log(2) / math.log(68.3 / 39.4), abs=0.01)
+    # The U-Net clears it there (31.13 at 150 s); where it was still climbing out, at 100 s, it would not.
+    from tuner.search import value_at
+
+    assert value_at(PHOTOS_LATE_1 + PHOTOS_LATE_1_ON, until) > bar > 27.82
+    # A winner that lost ground over its last interval sets its own score; before the race's end, its last.
+    assert late_start_bar([(4.4, 15.0), (39.4, 25.0), (68.3, 24.0)], PHOTOS_RUNGS_1, until) == 24.0
+    assert late_start_bar([(4.4, 15.0), (39.4, 25.0)], PHOTOS_RUNGS_1, until) == 25.0
+
+
 def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
     # The colour sigma-50 race's winner (bench_versus, 2026-12-05): 4.9 training seconds at its first
     # report (8.9 s of wall time, its start-up in it), 76.2 at its last (85.0 s): 94% of its wall time
@@ -298,6 +343,41 @@ def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
     assert best[METRIC] == pytest.approx(max(r[METRIC] for r in rows), abs=1e-4)
     assert best[METRIC] > max(r[METRIC] for r in raced)  # training on improved on the race
     assert best["test_psnr"] > best["noisy_test_psnr"] + 3
+
+
+def test_a_late_starter_trains_on_from_where_the_race_left_it_and_is_judged_by_the_bar(race_run, tmp_path):
+    """The late starter's second interval, for real: a race trial that lost trains on from its latest
+    checkpoint to twice race_seconds (<run>/late/, its schedule unchanged) and takes the winner's place
+    only if its score there clears :func:`tuner.search.late_start_bar`."""
+    from tuner.data import load_dataset
+    from tuner.search import LATE, _history, _train_late_starter, late_start_bar
+
+    result, spec = race_run
+    b = spec.budget
+    best = json.loads((Path(result.best_dir) / "metrics.json").read_text())
+    race = {r.metrics["trial_id"]: r for r in result.results if r.metrics and r.checkpoint is not None}
+    loser = next(k for k in race if k != best["trial_id"])
+    histories = {k: _history(r) for k, r in race.items()}
+    params = {"data": load_dataset(**spec.dataset.model_dump()), "eval_noise": spec.eval_noise.model_dump(),
+              "threads": 1, "checkpoint_every_s": 0.0}
+    results, left, won = _train_late_starter(spec, race[loser], loser, histories, best["trial_id"], params,
+                                             {"cpu": 1, "gpu": 0}, str(tmp_path), left_s=60.0,
+                                             identity=best["noisy_val_psnr"], resume=False, verbose=0)
+    rows = _rows(next((tmp_path / LATE).glob(f"{LATE}_{loser}")) / "result.json")
+    raced = _rows(Path(result.run_dir) / f"trial_{loser}" / "result.json")
+    assert {r["continued_from"] for r in rows} == {loser} and rows[0]["epoch"] == raced[-1]["epoch"] + 1
+    assert 2 * b.race_seconds <= rows[-1]["train_seconds"] < 2 * b.race_seconds + 1.0
+    # The race's schedule, not a new one: it spans the race trial's own max_train_seconds still.
+    assert json.loads(next((tmp_path / LATE).glob(f"{LATE}_*")).joinpath("params.json").read_text())[
+        "max_train_seconds"] == race[loser].config["max_train_seconds"]
+    assert 0 < left < 60.0 and len(results) == 1
+    bar = late_start_bar(histories[best["trial_id"]], [*b.rungs, b.race_seconds], 2 * b.race_seconds)
+    assert (won is not None) == (rows[-1][METRIC] > bar)
+    # Too little time left for it (over LATE_SHARE of it): not trained on, nothing changes.
+    assert _train_late_starter(spec, race[loser], loser, histories, best["trial_id"], params, {"cpu": 1, "gpu": 0},
+                               str(tmp_path / "short"), left_s=10.0, identity=best["noisy_val_psnr"], resume=False,
+                               verbose=0) == ([], 10.0, None)
+    assert not (tmp_path / "short").exists()
 
 
 def test_the_latest_checkpoint_is_found_where_ray_lists_only_the_best(tmp_path):
@@ -395,3 +475,4 @@ def test_a_search_killed_while_its_winner_trains_resumes_it(tmp_path, ray_tmp):
     assert best["continued"] is True and best["trial_id"] == rows[0]["continued_from"]
     assert best["test_psnr"] > best["noisy_test_psnr"] + 3
     assert (run / WINNER / "tuner.pkl").is_file() and len(list((run / WINNER).glob(f"{WINNER}_*"))) == 1
+

@@ -20,11 +20,12 @@ before it learns which pixels are corrupted, then overtake every plain autoencod
 ``benchmarks/versus/photos_notebook.yaml``, 10% impulse noise: a residual U-Net scored 18.6 dB at 13
 training seconds, the noisy input's 18.3, then 22.1 at 39 s and 30.4 at 68 s, where the warm start, a
 plain autoencoder, scored 20.5, 24.2 and 25.0). Its score at a rung then says when it will start,
-not where it will end: a challenger still within :data:`IDENTITY_DB` of the noisy input at a rung
-past the first is not stopped there but **hedged**, judged only at the race's end (Hyperband's
-bracket without early stopping), for at most :data:`HEDGED_PER_SLOT` challengers per trial running
-at once. At the first rung no model has trained long enough to leave the noisy input, so ASHA's
-screening stands there.
+not where it will end: a challenger still within :data:`tuner.search.IDENTITY_DB` of the noisy input
+at a rung past the first is not stopped there but **hedged**, judged only at the race's end
+(Hyperband's bracket without early stopping), for at most :data:`HEDGED_PER_SLOT` challengers per
+trial running at once. At the first rung no model has trained long enough to leave the noisy input,
+so ASHA's screening stands there. One that loses the race may still be leaving the noisy input: it
+trains on for one more race interval before the winner is named (:func:`tuner.search.continue_winner`).
 """
 from __future__ import annotations
 
@@ -34,11 +35,10 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import is_warm_start, value_at, warm_start_margin
+from tuner.search import at_noisy_input, is_warm_start, value_at, warm_start_margin
 
 log = logging.getLogger(__name__)
 
-IDENTITY_DB = 1.0  # a val_psnr within this of the noisy input's: the model has not left the identity yet
 TIE_DB = 1.0  # a lead in mid-race within this (and the warm start's margin): a tie (ties measured: 0.2-0.55 dB)
 HEDGED_PER_SLOT = 1  # hedged challengers per race, per trial running at once: each may cost a whole race_seconds
 
@@ -114,8 +114,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         """``action`` (a stop), or CONTINUE for a residual challenger still at the noisy input's
         ``val_psnr`` at a rung past the first crossed since ``before``, while hedges are left. (At the
         first rung no model has trained long enough to have left it: ASHA's screening stands.)"""
-        if (self._identity is None or len(self._hedged) >= self._max_hedged or t >= self._max_t
-                or trial.config.get("residual", "none") == "none" or abs(v - self._identity) > IDENTITY_DB):
+        if len(self._hedged) >= self._max_hedged or t >= self._max_t or not at_noisy_input(trial.config, v, self._identity):
             return action
         rung = next((r for r in self._rungs[1:] if before < r <= t), None)
         if rung is None:

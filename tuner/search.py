@@ -214,6 +214,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         log.warning(hint)
 
     b = spec.budget
+    identity = _identity_psnr(spec, data)  # the race's scheduler and its late starter
     params = {"data": data, "eval_noise": spec.eval_noise.model_dump(),  # the object store
               "threads": max(1, int(spec.resources.cpus_per_trial)), "checkpoint_every_s": b.checkpoint_every_s}
     resources = {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
@@ -242,7 +243,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                      b.race_limit_s, b.max_train_seconds)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
-                           scheduler=make_scheduler(spec, identity_psnr=_identity_psnr(spec, data)),
+                           scheduler=make_scheduler(spec, identity_psnr=identity),
                            num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
     with resuming_in(run_dir, ray_trials) if resume else contextlib.nullcontext():
@@ -257,7 +258,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
         # Resumed: the race's time is not known, the winner gets its share; else what the race left.
         left = b.time_budget_s - (b.race_budget_s if resume else time.monotonic() - fit_start)
         finals = continue_winner(spec, results, params, resources, run_dir, left_s=left, resume=resume,
-                                 verbose=verbose)
+                                 verbose=verbose, identity=identity)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best([*results, *finals], spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
@@ -266,6 +267,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 # ---------------------------------------------------------------- the winner continues
 
 WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
+LATE = "late"  # a late starter's second race interval, before the winner is named: <run>/late/
+IDENTITY_DB = 1.0  # a val_psnr within this of the noisy input's: the model has not left the identity yet
+LATE_SHARE = 1 / 3  # a late starter's second interval may take at most this share of the wall time the race left
 
 
 def is_warm_start(config: dict[str, Any], start_from: list[dict[str, Any]]) -> bool:
@@ -296,6 +300,13 @@ def warm_start_margin(warm: list[tuple[float, float]], rung: float, rungs: Colle
     if here is None or not below:
         return None
     return max(0.0, here - below[0])
+
+
+def at_noisy_input(config: dict[str, Any], value: float, identity: Optional[float]) -> bool:
+    """Whether a residual model (``residual: pixel`` or ``logit``, which starts as the identity) still
+    scores within :data:`IDENTITY_DB` of the noisy input's ``val_psnr`` (``identity``; None: unknown)."""
+    return (identity is not None and config.get("residual", "none") != "none"
+            and abs(value - identity) <= IDENTITY_DB)
 
 
 def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[float],
@@ -333,6 +344,55 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
 
 
+def late_starter(histories: dict[str, list[tuple[float, float]]], configs: dict[str, dict[str, Any]],
+                 rungs: list[float], winner: str, identity: Optional[float]) -> Optional[str]:
+    """The race's late starter, or None: a residual challenger that was still at the noisy input at
+    the second rung (what :class:`tuner.scheduler.WarmStartASHA` hedges), ran to the race's end and
+    lost it to ``winner``. Under impulse noise such a model can sit at the identity for 60-100
+    training seconds before it learns which pixels are corrupted, then overtake every plain
+    autoencoder (docs/search-spaces.md, "Late starters"); of several, the best at the race's end.
+
+    Args:
+        histories: each race trial's validations, ``(train_seconds, val_psnr)`` in order, finite.
+        configs: each race trial's configuration.
+        rungs: ASHA's rungs and the race's end (last), in training seconds.
+        winner: the race's winner (:func:`race_winner`).
+        identity: the noisy validation images' own ``val_psnr``; None: no late starter.
+    """
+    if identity is None or len(rungs) < 3:
+        return None
+    second, end = sorted(rungs)[1], max(rungs)
+    late = {}
+    for key, history in histories.items():
+        early, last = value_at(history, second), value_at(history, end)
+        if key != winner and early is not None and last is not None and at_noisy_input(configs[key], early, identity):
+            late[key] = last
+    return max(late, key=late.get) if late else None
+
+
+def late_start_bar(winner: list[tuple[float, float]], rungs: list[float], until: float) -> float:
+    """What a late starter must score at ``until`` training seconds to take the race's winner's place:
+    the winner's ``val_psnr`` at the race's end (the last of ``rungs``) plus its gain since the highest
+    lower rung it reached, extrapolated in log-time to ``until`` (learning curves rise about evenly
+    per doubling of training; the winner's measured gain from there on was smaller: a lenient bar
+    for the winner, a strict one for the late starter).
+
+    Args:
+        winner: the winner's validations in the race, ``(train_seconds, val_psnr)`` in order, finite.
+        rungs: ASHA's rungs and the race's end (last), in training seconds.
+        until: where the late starter's second interval ends, in training seconds.
+    """
+    end = max(rungs)
+    here = value_at(winner, end)
+    if here is None:
+        return winner[-1][1]
+    below = [r for r in sorted(rungs, reverse=True) if r < end and value_at(winner, r) is not None]
+    if not below or until <= end:
+        return here
+    gain = max(0.0, here - value_at(winner, below[0]))
+    return here + gain * math.log(until / end) / math.log(end / below[0])
+
+
 def continuation_seconds(trained: float, left_s: float, race_clock: list[tuple[float, float]],
                          val_s: float = 0.0) -> float:
     """Where the winner's training ends (its ``max_train_seconds``): what it trained in the race plus
@@ -349,12 +409,18 @@ def continuation_seconds(trained: float, left_s: float, race_clock: list[tuple[f
         race_clock: the winner's reports in the race, ``(time_total_s, train_seconds)`` in order.
         val_s: the wall seconds of one validation.
     """
-    share = TRAINING_SHARE
-    if len(race_clock) >= 2:
-        (w0, t0), (w1, t1) = race_clock[0], race_clock[-1]
+    return trained + training_share(race_clock) * max(0.0, left_s - CONTINUE_START_S - val_s)
+
+
+def training_share(clock: list[tuple[float, float]]) -> float:
+    """The share of a trial's wall time it spent training, between its first and last report
+    (``clock``: ``(time_total_s, train_seconds)`` per report), within [0.5, TRAINING_SHARE];
+    TRAINING_SHARE when there is nothing to measure."""
+    if len(clock) >= 2:
+        (w0, t0), (w1, t1) = clock[0], clock[-1]
         if w1 > w0:
-            share = min(TRAINING_SHARE, max(0.5, (t1 - t0) / (w1 - w0)))
-    return trained + share * max(0.0, left_s - CONTINUE_START_S - val_s)
+            return min(TRAINING_SHARE, max(0.5, (t1 - t0) / (w1 - w0)))
+    return TRAINING_SHARE
 
 
 def latest_checkpoint(result) -> Optional[tuple[Any, dict[str, Any]]]:
@@ -376,10 +442,15 @@ def latest_checkpoint(result) -> Optional[tuple[Any, dict[str, Any]]]:
 
 
 def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resources: dict[str, float], run_dir: str, *,
-                    left_s: float, resume: bool = False, verbose: int = 1) -> list:
+                    left_s: float, resume: bool = False, verbose: int = 1, identity: Optional[float] = None) -> list:
     """The winner continues: the race's best trial (:func:`race_winner`) resumes from its latest
     checkpoint as one more Ray Tune experiment, ``<run>/winner/``, and trains for the time the race
     left, its schedules stretched to span it (``max_train_seconds`` set to where it will end).
+
+    Before it, a late starter (:func:`late_starter`) that lost the race trains on from its
+    checkpoint for one more race interval, to twice ``race_seconds`` (``<run>/late/``), when that takes
+    at most :data:`LATE_SHARE` of the time left; it takes the winner's place if it then clears
+    :func:`late_start_bar`.
 
     Args:
         spec: the experiment (``budget.continue_best``).
@@ -390,19 +461,15 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         left_s: wall seconds left of ``budget.time_budget_s``.
         resume: continue an interrupted continuation if there is one.
         verbose: Ray Tune's verbosity.
+        identity: the noisy validation images' own ``val_psnr`` (:func:`tuner.train.noisy_baseline`);
+            None: no late starter.
 
     Returns:
-        The continuation's results (none when there was no time or no winner).
+        The late starter's and the continuation's results (none when there was no time or no winner).
     """
-    from ray import tune
-
     b = spec.budget
     ok = [r for r in race if r.metrics and not r.metrics.get("diverged") and r.best_checkpoints]
-    histories = {}
-    for r in ok:
-        df = r.metrics_dataframe
-        rows = df[["train_seconds", METRIC]].itertuples(index=False) if df is not None and METRIC in df else []
-        histories[r.metrics["trial_id"]] = [(float(t), float(v)) for t, v in rows]
+    histories = {r.metrics["trial_id"]: _history(r) for r in ok}
     warm = [r.metrics["trial_id"] for r in ok if is_warm_start(r.config, spec.start_from)]
     rungs = [*b.rungs, b.race_seconds]
     key, ahead = race_winner(histories, rungs, warm), race_winner(histories, rungs)
@@ -413,35 +480,110 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
         return []
     winner = next(r for r in ok if r.metrics["trial_id"] == key)
-    # Its latest checkpoint (Ray always keeps it), where the race left it: a better validation earlier
-    # was a noisier measure of a less trained model, mid-schedule.
-    df = winner.metrics_dataframe
-    latest = latest_checkpoint(winner)
-    checkpoint, metrics = latest or max(winner.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    checkpoint, metrics, clock = _where_it_stopped(winner)
+    extra: list = []
+    late = late_starter(histories, {r.metrics["trial_id"]: r.config for r in ok}, rungs, key, identity)
+    if late is not None:
+        extra, left_s, won = _train_late_starter(spec, next(r for r in ok if r.metrics["trial_id"] == late), late,
+                                                 histories, key, params, resources, run_dir, left_s=left_s,
+                                                 identity=identity, resume=resume, verbose=verbose)
+        if won is not None:
+            key, winner = late, won
+            checkpoint, metrics, clock = _where_it_stopped(winner)
     trained = float(metrics.get("train_seconds", 0.0))
-    clock = ([(float(w), float(t)) for w, t in df[["time_total_s", "train_seconds"]].itertuples(index=False)]
-             if df is not None and {"time_total_s", "train_seconds"} <= set(df) else [])
     seconds = continuation_seconds(trained, left_s, clock, float(metrics.get("val_seconds", 0.0)))
     if seconds <= trained + b.grace_period:
         log.info("the race left %.0f s: too little for its winner, trial %s, to continue", left_s, key)
-        return []
+        return extra
     log.info("the race is over: trial %s wins (val_psnr %.2f dB at %.0f training seconds); it continues "
              "to %.0f training seconds in %s", key, metrics.get(METRIC, math.nan), trained, seconds,
              join(run_dir, WINNER))
-    trainable = tune.with_resources(tune.with_parameters(train_trial, **params, start=checkpoint, continued_from=key),
-                                    resources)
-    folder = join(run_dir, WINNER)
+    return [*extra, *_train_on(spec, checkpoint, {**winner.config, "max_train_seconds": round(seconds, 1)},
+                               params, resources, run_dir, name=WINNER, key=key, left_s=left_s, resume=resume,
+                               verbose=verbose)]
+
+
+def _train_late_starter(spec: ExperimentSpec, result, late: str, histories: dict[str, list[tuple[float, float]]],
+                        key: str, params: dict[str, Any], resources: dict[str, float], run_dir: str, *, left_s: float,
+                        identity: float, resume: bool, verbose: int) -> tuple[list, float, Any]:
+    """The late starter ``late`` (its race ``result``), which lost the race to ``key``, trains on to twice
+    ``race_seconds`` (``<run>/late/``) when that fits in :data:`LATE_SHARE` of ``left_s``. Its results,
+    the wall seconds then left, and its result when it cleared :func:`late_start_bar` (else None)."""
+    b = spec.budget
+    rungs, until = [*b.rungs, b.race_seconds], 2 * b.race_seconds
+    checkpoint, metrics, clock = _where_it_stopped(result)
+    begun = resume and exists(join(run_dir, LATE, "tuner.pkl"))  # decided before an interruption: go on
+    if resume and not begun and exists(join(run_dir, WINNER, "tuner.pkl")):
+        return [], left_s, None  # the winner was named without it
+    cost = (CONTINUE_START_S + (until - float(metrics.get("train_seconds", 0.0))) / training_share(clock)
+            + float(metrics.get("val_seconds", 0.0)))
+    what = (f"trial {late}, a late starter (still at the noisy input's {identity:.2f} dB at {b.rungs[1]:g} training "
+            f"seconds), lost the race to trial {key} ({histories[late][-1][1]:.2f} dB against "
+            f"{histories[key][-1][1]:.2f} at its end)")
+    if cost > LATE_SHARE * left_s and not begun:
+        log.info("%s; the %.0f s left are too few to train it on to %.0f training seconds", what, left_s, until)
+        return [], left_s, None
+    bar = late_start_bar(histories[key], rungs, until)
+    log.info("%s; it trains on to %.0f training seconds and takes the winner's place if it scores over %.2f there",
+             what, until, bar)
+    started = time.monotonic()
+    results = _train_on(spec, checkpoint, {**result.config}, params, resources, run_dir, name=LATE, key=late,
+                        left_s=left_s, stop_at=until, resume=resume, verbose=verbose)
+    left_s -= time.monotonic() - started
+    ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.checkpoint is not None]
+    last = _history(ok[0])[-1] if ok and _history(ok[0]) else (math.nan, -math.inf)
+    if last[1] > bar:
+        log.info("trial %s scored %.2f dB at %.0f training seconds, over %.2f: it wins the race", late, last[1],
+                 last[0], bar)
+        return results, left_s, ok[0]
+    log.info("trial %s scored %.2f dB, not over %.2f: trial %s keeps the race", late, last[1], bar, key)
+    return results, left_s, None
+
+
+def _history(result) -> list[tuple[float, float]]:
+    """A trial's validations, ``(train_seconds, val_psnr)`` in order, finite."""
+    df = result.metrics_dataframe
+    if df is None or METRIC not in df or "train_seconds" not in df:
+        return []
+    return [(float(t), float(v)) for t, v in df[["train_seconds", METRIC]].itertuples(index=False)
+            if math.isfinite(v)]
+
+
+def _where_it_stopped(result) -> tuple[Any, dict[str, Any], list[tuple[float, float]]]:
+    """A trial's latest checkpoint (Ray always keeps it) with the metrics that wrote it, and its clock,
+    ``(time_total_s, train_seconds)`` per report. Where it stopped, not its best validation: a better
+    validation earlier was a noisier measure of a less trained model, mid-schedule."""
+    df = result.metrics_dataframe
+    latest = latest_checkpoint(result)
+    checkpoint, metrics = latest or max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    clock = ([(float(w), float(t)) for w, t in df[["time_total_s", "train_seconds"]].itertuples(index=False)]
+             if df is not None and {"time_total_s", "train_seconds"} <= set(df) else [])
+    return checkpoint, metrics, clock
+
+
+def _train_on(spec: ExperimentSpec, checkpoint, config: dict[str, Any], params: dict[str, Any],
+              resources: dict[str, float], run_dir: str, *, name: str, key: str, left_s: float,
+              stop_at: Optional[float] = None, resume: bool = False, verbose: int = 1) -> list:
+    """A race trial trains on from ``checkpoint`` with ``config`` as one Ray Tune experiment of one
+    trial, ``<run>/<name>/<name>_<key>``, within ``left_s`` wall seconds, to ``stop_at`` training
+    seconds or its ``max_train_seconds``; an interrupted one resumes (``resume``). Its results."""
+    from ray import tune
+
+    b = spec.budget
+    trainable = tune.with_resources(tune.with_parameters(train_trial, **params, start=checkpoint, continued_from=key,
+                                                         stop_at=stop_at), resources)
+    folder = join(run_dir, name)
     if resume and exists(join(folder, "tuner.pkl")):
         tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={**winner.config, "max_train_seconds": round(seconds, 1)},
+            param_space=config,
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=1, time_budget_s=max(1.0, left_s),
-                                        trial_name_creator=lambda t: f"{WINNER}_{key}",
-                                        trial_dirname_creator=lambda t: f"{WINNER}_{key}"),
+                                        trial_name_creator=lambda t: f"{name}_{key}",
+                                        trial_dirname_creator=lambda t: f"{name}_{key}"),
             run_config=tune.RunConfig(
-                name=WINNER, storage_path=run_dir, verbose=verbose,
+                name=name, storage_path=run_dir, verbose=verbose,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=b.keep_checkpoints,
                                                         checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=b.max_failures)),
