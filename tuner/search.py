@@ -530,7 +530,7 @@ def _train_late_starter(spec: ExperimentSpec, result, late: str, histories: dict
     results = _train_on(spec, checkpoint, {**result.config}, params, resources, run_dir, name=LATE, key=late,
                         left_s=left_s, stop_at=until, resume=resume, verbose=verbose)
     left_s -= time.monotonic() - started
-    ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.checkpoint is not None]
+    ok = [r for r in results if r.metrics and not r.metrics.get("diverged") and r.best_checkpoints]
     last = _history(ok[0])[-1] if ok and _history(ok[0]) else (math.nan, -math.inf)
     if last[1] > bar:
         log.info("trial %s scored %.2f dB at %.0f training seconds, over %.2f: it wins the race", late, last[1],
