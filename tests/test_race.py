@@ -248,7 +248,7 @@ PHOTOS_LATE_1_ON = [(80.0, 23.9), (100.0, 27.82), (130.0, 32.03), (150.1, 31.13)
 
 
 def test_a_late_starter_that_lost_the_race_is_found_and_judged_after_one_more_interval():
-    from tuner.search import IDENTITY_DB, late_start_bar, late_starter
+    from tuner.search import IDENTITY_DB, late_start_bar, late_starter, value_at
 
     unet = {"residual": "pixel", "skip": True}
     histories = {"w": PHOTOS_WARM_1, "u": PHOTOS_LATE_1, "p": [(4.4, 16.0), (13.2, 18.5), (39.4, 19.0), (68.3, 20.5)],
@@ -273,8 +273,6 @@ def test_a_late_starter_that_lost_the_race_is_found_and_judged_after_one_more_in
     bar = late_start_bar(PHOTOS_WARM_1, PHOTOS_RUNGS_1, until)
     assert bar == pytest.approx(24.92 + 2.80 * math.log(2) / math.log(68.3 / 39.4), abs=0.01)
     # The U-Net clears it there (31.13 at 150 s); where it was still climbing out, at 100 s, it would not.
-    from tuner.search import value_at
-
     assert value_at(PHOTOS_LATE_1 + PHOTOS_LATE_1_ON, until) > bar > 27.82
     # A winner that lost ground over its last interval sets its own score; before the race's end, its last.
     assert late_start_bar([(4.4, 15.0), (39.4, 25.0), (68.3, 24.0)], PHOTOS_RUNGS_1, until) == 24.0
@@ -475,4 +473,3 @@ def test_a_search_killed_while_its_winner_trains_resumes_it(tmp_path, ray_tmp):
     assert best["continued"] is True and best["trial_id"] == rows[0]["continued_from"]
     assert best["test_psnr"] > best["noisy_test_psnr"] + 3
     assert (run / WINNER / "tuner.pkl").is_file() and len(list((run / WINNER).glob(f"{WINNER}_*"))) == 1
-
