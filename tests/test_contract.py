@@ -22,7 +22,7 @@ import optuna
 import pytest
 
 from tuner.metrics import METRIC
-from tuner.resume import repair
+from tuner.resume import STATE_COPY, STATE_FILES, repair
 
 RECORDED = Path(__file__).resolve().parent / "recorded" / "killed"
 
@@ -191,10 +191,50 @@ def test_a_state_file_cut_short_by_the_kill_is_set_aside(run, kind):
     assert not cut.exists() and cut.with_name(cut.name + ".cut").exists() and old.exists()
 
 
-def test_the_recorded_run_resumes_to_the_end(running):
+def _keep_state_copy(run: Path) -> Path:
+    """The run folder's ``.state-copy/`` as KeepStateCopy leaves it: each of Ray's state files, whole."""
+    copies = run / STATE_COPY
+    copies.mkdir()
+    for pattern in STATE_FILES:
+        for path in run.glob(pattern):
+            shutil.copy(path, copies / path.name)
+    return copies
+
+
+@pytest.mark.parametrize("kind", ["experiment_state", "search_gen_state", "searcher-state"])
+def test_the_only_state_file_of_its_kind_cut_short_is_put_back_from_tuners_copy(run, kind):
+    """In a search's first session no older state file stands behind a cut one: Ray's restore
+    would fail on it and start the experiment over (losing every trial), or wait for ever on a trial
+    the concurrency limiter remembers. The repair puts back the copy KeepStateCopy kept."""
+    copies = _keep_state_copy(run)
+    (only,) = run.glob(f"{kind}-*")
+    only.write_bytes(only.read_bytes()[: len(only.read_bytes()) // 2])
+    lines = repair(str(run))
+    assert any(line.startswith(f"{only.name} was cut short") for line in lines), lines
+    assert any(line.startswith(f"{only.name}: no whole file of this session") for line in lines), lines
+    # Put back whole, then repaired as the recorded files are (the snapshot's running trial, the
+    # generator's run folder, which moved): the same trials, the same searcher.
+    if kind == "experiment_state":
+        assert [t["trial_id"] for t, _ in _trials(run)] == ["bc0f1764", "c2b1bcfe"]
+    elif kind == "search_gen_state":
+        assert _search_gen_state(run)["counter"] == 2
+    else:
+        assert only.read_bytes() == (copies / only.name).read_bytes()
+    assert only.with_name(only.name + ".cut").exists()
+    assert not any("put back" in line for line in repair(str(run)))  # whole now: left alone
+
+
+@pytest.mark.parametrize("cut", [None, "searcher-state"], ids=["as recorded", "its only searcher state cut short"])
+def test_the_recorded_run_resumes_to_the_end(running, cut):
     """`tuner tune --resume` on the recorded folder (moved here from where it was recorded): the
-    running trial continues from its newest checkpoint, both trials end, the best is exported."""
+    running trial continues from its newest checkpoint, both trials end, the best is exported. So
+    too when the kill cut the searcher's only state file short (Ray hung on it, waiting for the trial
+    its concurrency limiter remembered), from the copy KeepStateCopy kept."""
     run, trial, folder, on_disk = running
+    if cut:
+        _keep_state_copy(run)
+        (only,) = run.glob(f"{cut}-*")
+        only.write_bytes(only.read_bytes()[: len(only.read_bytes()) // 2])
     spec = run / "spec.yaml"
     out = subprocess.run([sys.executable, "-m", "tuner", "tune", str(spec), "--storage", str(run.parent), "--resume",
                           "--no-report"], capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ from tuner.cli import main
 from tuner.data import load_dataset
 from tuner.spec import load_spec
 from tuner.metrics import METRIC, EvalSet, evaluate
+from tuner.resume import STATE_COPY, STATE_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
@@ -56,6 +57,15 @@ def test_tiny_search_python_api(tiny_run):
     best_reported = max(max(r.metrics_dataframe[METRIC]) for r in result.results)
     assert metrics[METRIC] == pytest.approx(best_reported, abs=1e-4)
     assert (Path(result.run_dir) / "spec.yaml").is_file()
+    # A whole copy of each of Ray's state files (tuner.resume.KeepStateCopy), of this session's name.
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    copies = Path(result.run_dir) / STATE_COPY
+    for pattern, read in zip(STATE_FILES, (json.loads, cloudpickle.loads, pickle.loads)):
+        (copy,) = copies.glob(pattern)
+        assert read(copy.read_bytes()) and (Path(result.run_dir) / copy.name).is_file(), copy.name
 
 
 def test_tiny_search_cli(tmp_path):

@@ -221,6 +221,33 @@ def test_time_budget_stops_the_search_and_keeps_the_best_model(tmp_path):
     assert result.metrics[METRIC] > 0
 
 
+def test_a_searcher_brought_back_without_its_saved_state_still_knows_its_space(tmp_path):
+    """Ray restores a searcher from ``tuner.pkl`` (pickled before the search began) and then from
+    its saved state; a restore that finds no saved state leaves the first. Made with its space (as
+    make_searcher makes it), that searcher asks the study for trials all the same: without it, the
+    CI run of 2026-12-05 died in ``suggest`` after a kill cut Ray's state files short."""
+    import pickle
+
+    from ray import tune
+
+    from tuner.searcher import StudySearch
+    from tuner.study import create_study, default_storage_url, open_storage
+
+    storage = open_storage(default_storage_url(str(tmp_path)))
+    create_study(storage, "run", {})
+    space = {"lr": tune.loguniform(1e-3, 1e-1), "width": 16}  # a domain and a constant, as spec.param_space()
+    in_tuner_pkl = pickle.dumps(StudySearch(max_t=3, storage=storage, study_name="run", space=space,
+                                            sampler=optuna.samplers.TPESampler(seed=0)))
+    unpickled = pickle.loads(in_tuner_pkl)  # no set_search_properties: Ray restores with no param_space
+    config = unpickled.suggest("t1")
+    assert set(config) == {"lr"} and 1e-3 <= config["lr"] <= 1e-1
+    (trial,) = optuna.load_study(study_name="run", storage=default_storage_url(str(tmp_path))).trials
+    assert trial.params == config and trial.state == TrialState.RUNNING
+    # Tune's param_space, the same space, is taken; another one is refused (Ray then raises its own error).
+    assert unpickled.set_search_properties(METRIC, "max", space)
+    assert not unpickled.set_search_properties(METRIC, "max", {"lr": tune.uniform(0.0, 1.0)})
+
+
 @pytest.mark.parametrize("how", ["moved", "copied"])
 def test_a_study_in_the_run_folder_goes_where_the_folder_goes(tmp_path, how):
     """The searcher, pickled as Tune pickles it (tuner.pkl, searcher-state-*.pkl), reopens the study

@@ -27,6 +27,17 @@ folder:
   removed, since the trial writes that index again;
 - a trial with no complete checkpoint left restarts from scratch, and the log says so.
 
+Ray writes its state files (the snapshot, the search generator's ``search_gen_state-*.json``, the
+searcher's ``searcher-state-*.pkl``) whole into the driver's staging folder, then copies them into
+the run folder in the background, over the ones there: a kill during that copy leaves a file cut
+short. Ray restores the newest of each kind by name, one per driver session; when a later
+session's file is cut, the one before it serves. In a search's first session there is no file
+before it, and Ray's restore then fails and, without a word, starts the experiment over
+("Restarting experiment"): every trial would be lost. :class:`KeepStateCopy` (a Tune callback of
+every search) therefore copies each state file whole into the run folder's ``.state-copy/``
+after each step of Tune's loop that changed it, written beside and moved over; :func:`repair`
+puts the newest whole copy back where the kill left no whole file of its kind.
+
 Keeping every checkpoint the snapshot names would mean second-guessing when Ray writes its
 snapshot, in Ray's own loop. The repair only reads Ray's on-disk formats and tuner's own
 checkpoint files, and it leaves a snapshot that agrees with storage untouched. Epochs that the
@@ -49,9 +60,51 @@ import json
 import logging
 from typing import Any, Optional
 
+from ray.tune import Callback
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint_"
+STATE_COPY = ".state-copy"  # in the run folder: tuner's whole copies of Ray's state files (KeepStateCopy)
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")  # Ray's, per session
+
+
+class KeepStateCopy(Callback):
+    """A Tune callback: after each step of Tune's loop, copy Ray's state files that changed in the
+    driver's staging folder, where Ray writes them whole, into the run folder's ``.state-copy/``,
+    written beside and moved over (a kill leaves the copy before). :func:`repair` falls back on
+    them. Every path comes from the trials' storage (``Trial.storage``), which Ray points at the
+    run folder wherever it is restored, so the callback pickled in ``tuner.pkl`` serves a moved
+    run folder too."""
+
+    def __init__(self) -> None:
+        self._copied: dict[str, tuple[int, int]] = {}  # file name -> (mtime_ns, size) copied
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        import os
+        from fnmatch import fnmatch
+
+        if not trials:
+            return
+        storage = trials[0].storage
+        staging = storage.experiment_driver_staging_path
+        try:
+            names = [n for n in os.listdir(staging) if any(fnmatch(n, p) for p in STATE_FILES)]
+        except FileNotFoundError:
+            return  # no snapshot yet
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(staging, name))
+                if self._copied.get(name) == (stat.st_mtime_ns, stat.st_size):
+                    continue
+                with open(os.path.join(staging, name), "rb") as f:
+                    content = f.read()
+            except FileNotFoundError:
+                continue  # replaced at this moment (Ray writes beside and moves over): next step
+            fs, folder = storage.storage_filesystem, f"{storage.experiment_fs_path}/{STATE_COPY}"
+            fs.create_dir(folder, recursive=True)
+            _replace(fs, f"{folder}/{name}", content)
+            self._copied[name] = (stat.st_mtime_ns, stat.st_size)
 
 
 def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[str] = None) -> list[str]:
@@ -100,7 +153,9 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
     """Rename the newest of Ray's state files of each kind that does not read back whole (the kill
     came while Ray copied it into the run folder: each driver session writes its own, named by its
     start), so that Ray restores the one before; the lines to log. Ray would fail on it: its
-    loaders take the newest by name."""
+    loaders take the newest by name. Where the newest whole copy in ``.state-copy/``
+    (:class:`KeepStateCopy`) is of a later session than any whole file left, or no whole file is
+    left at all (a search's first session), that copy is put back in the run folder."""
     import pickle
     from fnmatch import fnmatch
 
@@ -110,19 +165,29 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
     readers = {"experiment_state-*.json": (json.loads, json.JSONDecodeError),
                "search_gen_state-*.json": (cloudpickle.loads, cut_pickle),
                "searcher-state-*.pkl": (pickle.loads, cut_pickle)}
-    lines = []
-    names = _names(fs, run_path)
-    for pattern, (read, cut) in readers.items():
-        for name in sorted((n for n in names if fnmatch(n, pattern)), reverse=True):
-            path = f"{run_path}/{name}"
+    def newest_whole(folder: str, pattern: str, read, cut, set_aside: bool) -> Optional[tuple[str, bytes]]:
+        for name in sorted((n for n in _names(fs, folder) if fnmatch(n, pattern)), reverse=True):
+            path = f"{folder}/{name}"
+            with fs.open_input_stream(path) as f:
+                content = f.readall()
             try:
-                with fs.open_input_stream(path) as f:
-                    read(f.readall())
-                break  # the newest whole one: Ray restores it
+                read(content)
+                return name, content
             except cut:
-                fs.move(path, path + CUT_SUFFIX)
-                lines.append(f"{name} was cut short by the kill (renamed {name}{CUT_SUFFIX}); "
-                             f"Ray restores the one saved before it")
+                if set_aside:
+                    fs.move(path, path + CUT_SUFFIX)
+                    lines.append(f"{name} was cut short by the kill (renamed {name}{CUT_SUFFIX}); "
+                                 f"Ray restores the one saved before it")
+        return None
+
+    lines: list[str] = []
+    for pattern, (read, cut) in readers.items():
+        kept = newest_whole(run_path, pattern, read, cut, set_aside=True)  # the one Ray restores
+        copy = newest_whole(f"{run_path}/{STATE_COPY}", pattern, read, cut, set_aside=False)
+        if copy and (kept is None or copy[0] > kept[0]):
+            _replace(fs, f"{run_path}/{copy[0]}", copy[1])
+            lines.append(f"{copy[0]}: no whole file of this session in the run folder; "
+                         f"put back the copy tuner kept in {STATE_COPY}/")
     return lines
 
 

@@ -607,7 +607,7 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
     b = spec.budget
     return (cls or StudySearch)(time_attr=b.time_attr, max_t=b.max_t, metric=METRIC, mode=MODE,
                                       sampler=make_sampler(spec), storage=study_storage, study_name=spec.name,
-                                      run_dir=run_dir)
+                                      run_dir=run_dir, space=spec.param_space())
 
 
 def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None):
@@ -642,10 +642,13 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
         scheduler: the trial scheduler (:func:`make_scheduler`).
         num_samples: trials to run.
         verbose: Ray Tune's verbosity.
-        callbacks: extra Tune callbacks (a benchmark's probes); Ray's own loggers are added as always.
+        callbacks: extra Tune callbacks (a benchmark's probes); Ray's own loggers are added as always,
+            and :class:`tuner.resume.KeepStateCopy` (whole copies of Ray's state files for a resume).
     """
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter, Searcher
+
+    from tuner.resume import KeepStateCopy
 
     b = spec.budget
     if isinstance(search_alg, Searcher):
@@ -662,7 +665,7 @@ def make_tuner(spec: ExperimentSpec, trainable, *, storage: str, search_alg, sch
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage, verbose=verbose, callbacks=callbacks,
+            name=spec.name, storage_path=storage, verbose=verbose, callbacks=[KeepStateCopy(), *(callbacks or [])],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=b.keep_checkpoints, checkpoint_score_attribute=METRIC,
                 checkpoint_score_order=MODE),

@@ -76,15 +76,21 @@ class StudySearch(Searcher):
         sampler: the Optuna sampler (:func:`tuner.search.make_sampler`: TPE).
         run_dir: the run folder; a study in its ``study.db`` moves with it (:func:`resuming_in`).
         metric, mode: what the trials report and which way is better.
+        space: the Tune search space (the Tuner's ``param_space``; its constants are ignored), as Ray's
+            ``OptunaSearch(space=...)`` takes one. It is pickled with the searcher (``tuner.pkl``), so
+            a searcher that Ray brings back without its saved state (a restore that found none)
+            still knows it. Without it, :meth:`set_search_properties` sets it from ``param_space``.
     """
 
     def __init__(self, *, max_t: float, time_attr: str = "epoch", storage: Optional[optuna.storages.BaseStorage] = None,
                  study_name: Optional[str] = None, sampler: Optional[optuna.samplers.BaseSampler] = None,
-                 run_dir: Optional[str] = None, metric: Optional[str] = METRIC, mode: Optional[str] = MODE):
+                 run_dir: Optional[str] = None, metric: Optional[str] = METRIC, mode: Optional[str] = MODE,
+                 space: Optional[dict[str, Any]] = None):
         super().__init__(metric=metric, mode=mode)
         self._max_t, self._time_attr = max_t, time_attr
         self._storage, self._study_name, self._sampler = storage, study_name, sampler
-        self._space: Optional[dict[str, optuna.distributions.BaseDistribution]] = None  # set_search_properties
+        # Optuna's distributions of the space (set_search_properties, when not given here)
+        self._space: Optional[dict[str, optuna.distributions.BaseDistribution]] = _distributions(space) if space else None
         self._numbers: dict[str, int] = {}  # Ray trial id -> its study trial's number
         self._best: dict[str, float] = {}  # Ray trial id -> best val_psnr reported so far
         self._ended: set[str] = set()  # Ray trials told their outcome
@@ -117,12 +123,12 @@ class StudySearch(Searcher):
 
     # ------------------------------------------------------------ Ray Tune's hooks
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
-        """Take the space from Tune's ``param_space`` (its domains; constants pass through Tune)."""
-        from ray.tune.search.optuna import OptunaSearch
-
-        if self._space is not None:
+        """Take the space from Tune's ``param_space`` (its domains; constants pass through Tune).
+        False (Ray then says the searcher has a space already) for a space other than the one given."""
+        space = _distributions(config) if config else None
+        if self._space is not None and space is not None and space != self._space:
             return False
-        self._space = OptunaSearch.convert_search_space(config)
+        self._space = self._space or space
         self._metric = metric or self._metric
         self._mode = mode or self._mode
         return True
@@ -248,6 +254,14 @@ class StudySearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         self.__setstate__(pickle.loads(Path(checkpoint_path).read_bytes()))
+
+
+def _distributions(space: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna's distributions of a Tune search space: ``OptunaSearch.convert_search_space``, the
+    ones Ray's own Optuna searcher would ask with (so a study written by either is the same)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch.convert_search_space(space)
 
 
 def _suggest(trial: optuna.trial.Trial, name: str, distribution: optuna.distributions.BaseDistribution) -> None:
