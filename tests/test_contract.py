@@ -188,6 +188,7 @@ def test_a_state_file_cut_short_by_the_kill_is_set_aside(run, kind):
     cut.write_bytes(old.read_bytes()[: len(old.read_bytes()) // 2])
     lines = repair(str(run))
     assert any(line.startswith(f"{cut.name} was cut short") for line in lines), lines
+    assert f"Ray restores {old.name}, saved before it" in lines, lines
     assert not cut.exists() and cut.with_name(cut.name + ".cut").exists() and old.exists()
 
 
@@ -211,7 +212,7 @@ def test_the_only_state_file_of_its_kind_cut_short_is_put_back_from_tuners_copy(
     only.write_bytes(only.read_bytes()[: len(only.read_bytes()) // 2])
     lines = repair(str(run))
     assert any(line.startswith(f"{only.name} was cut short") for line in lines), lines
-    assert any(line.startswith(f"{only.name}: no whole file of this session") for line in lines), lines
+    assert f"{only.name}: put back from the whole copy tuner kept in {STATE_COPY}/" in lines, lines
     # Put back whole, then repaired as the recorded files are (the snapshot's running trial, the
     # generator's run folder, which moved): the same trials, the same searcher.
     if kind == "experiment_state":
@@ -222,6 +223,15 @@ def test_the_only_state_file_of_its_kind_cut_short_is_put_back_from_tuners_copy(
         assert only.read_bytes() == (copies / only.name).read_bytes()
     assert only.with_name(only.name + ".cut").exists()
     assert not any("put back" in line for line in repair(str(run)))  # whole now: left alone
+
+
+def test_a_cut_state_file_with_nothing_to_put_back_is_said(run):
+    """A run recorded before tuner kept copies (this one): the repair says what Ray may do."""
+    (only,) = run.glob("searcher-state-*")
+    only.write_bytes(only.read_bytes()[:100])
+    lines = repair(str(run))
+    assert ("no whole searcher-state-*.pkl is left, nor a copy (a run started before tuner kept them): "
+            "Ray may start the search over") in lines, lines
 
 
 @pytest.mark.parametrize("cut", [None, "searcher-state"], ids=["as recorded", "its only searcher state cut short"])

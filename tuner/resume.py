@@ -120,7 +120,7 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
         One line per trial that was repaired (also logged); empty when the snapshot agreed.
     """
     fs, run_path = _fs_and_path(run_dir)
-    said = _set_aside_cut_files(fs, run_path)
+    said = _whole_state_files(fs, run_path)
     for line in said:
         log.warning("%s", line)
     newest = _newest_snapshot(fs, run_path)
@@ -149,23 +149,25 @@ def repair(run_dir: str, study_url: Optional[str] = None, study_name: Optional[s
 CUT_SUFFIX = ".cut"  # what a state file the kill cut short is renamed to (kept for a post-mortem)
 
 
-def _set_aside_cut_files(fs, run_path: str) -> list[str]:
-    """Rename the newest of Ray's state files of each kind that does not read back whole (the kill
-    came while Ray copied it into the run folder: each driver session writes its own, named by its
-    start), so that Ray restores the one before; the lines to log. Ray would fail on it: its
-    loaders take the newest by name. Where the newest whole copy in ``.state-copy/``
-    (:class:`KeepStateCopy`) is of a later session than any whole file left, or no whole file is
-    left at all (a search's first session), that copy is put back in the run folder."""
+def _whole_state_files(fs, run_path: str) -> list[str]:
+    """Leave the run folder a whole state file of each kind Ray restores; the lines to log. Ray's
+    loaders take the newest by name (each driver session writes its own, named by its start) and
+    fail on one the kill cut short while Ray copied it into the run folder: that one is renamed
+    (``.cut``, kept for a post-mortem), so that the one before it serves. Where the newest whole
+    copy in ``.state-copy/`` (:class:`KeepStateCopy`) is of a later session than any whole file
+    left, or none is left (a search's first session), that copy is put back."""
     import pickle
     from fnmatch import fnmatch
 
     import ray.cloudpickle as cloudpickle
 
     cut_pickle = (EOFError, pickle.UnpicklingError)  # what a pickle cut short raises
-    readers = {"experiment_state-*.json": (json.loads, json.JSONDecodeError),
-               "search_gen_state-*.json": (cloudpickle.loads, cut_pickle),
-               "searcher-state-*.pkl": (pickle.loads, cut_pickle)}
-    def newest_whole(folder: str, pattern: str, read, cut, set_aside: bool) -> Optional[tuple[str, bytes]]:
+    readers = dict(zip(STATE_FILES, ((json.loads, json.JSONDecodeError), (cloudpickle.loads, cut_pickle),
+                                     (pickle.loads, cut_pickle))))
+    lines: list[str] = []
+
+    def newest_whole(folder: str, pattern: str, set_aside: bool) -> Optional[tuple[str, bytes]]:
+        read, cut = readers[pattern]
         for name in sorted((n for n in _names(fs, folder) if fnmatch(n, pattern)), reverse=True):
             path = f"{folder}/{name}"
             with fs.open_input_stream(path) as f:
@@ -176,18 +178,20 @@ def _set_aside_cut_files(fs, run_path: str) -> list[str]:
             except cut:
                 if set_aside:
                     fs.move(path, path + CUT_SUFFIX)
-                    lines.append(f"{name} was cut short by the kill (renamed {name}{CUT_SUFFIX}); "
-                                 f"Ray restores the one saved before it")
+                    lines.append(f"{name} was cut short by the kill (renamed {name}{CUT_SUFFIX})")
         return None
 
-    lines: list[str] = []
-    for pattern, (read, cut) in readers.items():
-        kept = newest_whole(run_path, pattern, read, cut, set_aside=True)  # the one Ray restores
-        copy = newest_whole(f"{run_path}/{STATE_COPY}", pattern, read, cut, set_aside=False)
+    for pattern in STATE_FILES:
+        before = len(lines)
+        kept = newest_whole(run_path, pattern, set_aside=True)  # the one Ray restores
+        copy = newest_whole(f"{run_path}/{STATE_COPY}", pattern, set_aside=False)
         if copy and (kept is None or copy[0] > kept[0]):
             _replace(fs, f"{run_path}/{copy[0]}", copy[1])
-            lines.append(f"{copy[0]}: no whole file of this session in the run folder; "
-                         f"put back the copy tuner kept in {STATE_COPY}/")
+            lines.append(f"{copy[0]}: put back from the whole copy tuner kept in {STATE_COPY}/")
+        elif len(lines) > before:
+            lines.append(f"Ray restores {kept[0]}, saved before it" if kept else
+                         f"no whole {pattern} is left, nor a copy (a run started before tuner kept them): "
+                         f"Ray may start the search over")
     return lines
 
 
