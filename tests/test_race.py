@@ -210,6 +210,54 @@ def test_no_hedge_without_the_noisy_input_score_or_at_the_first_rung():
     assert feed(add(skip=True, residual="pixel", lr=0.003), [(4.4, 19.5), (13.1, 16.0)]) == 13.1
 
 
+# The impulse_bsd68 race, seed 0 (bench_versus, 2026-12-06 04:36, a 2-core AMD EPYC; 20% impulse noise, the
+# noisy validation images at 15.65 dB; rungs 4.83, 14.5, 43.5 s, the race's end 75.4): the warm start is a
+# residual U-Net itself (mse) and had left the noisy input by 14.5 s; an l1 U-Net with a low learning rate
+# was still there, was hedged, lost the race (25.78 against 26.09) and, as a late starter, scored 26.77 at
+# 151 s, under the winner's bar of 27.27: 145 of the search's 554 s for nothing.
+IMPULSE_RUNGS = [4.83, 14.5, 43.5]
+IMPULSE_IDENTITY = 15.65
+IMPULSE_WARM = [(4.9, 15.57), (14.54, 22.52), (24.18, 23.6), (43.56, 25.21), (62.7, 25.86), (75.41, 26.09)]
+IMPULSE_L1 = [(4.86, 15.72), (14.52, 15.68), (32.13, 16.14), (43.67, 21.99), (63.41, 25.57), (75.53, 25.78)]
+
+
+def test_no_hedge_where_a_residual_warm_start_has_left_the_noisy_input():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.scheduler import WarmStartASHA
+
+    def race(warm_config, warm_history):
+        start_from = [{"width": 16, "latent_dim": 128, "lr": 1.0e-3, "loss": "mse"}]
+        scheduler = WarmStartASHA(start_from, IMPULSE_RUNGS, identity_psnr=IMPULSE_IDENTITY, max_hedged=1,
+                                  time_attr="train_seconds", metric=METRIC, mode="max", max_t=75.4,
+                                  grace_period=4.83, reduction_factor=3)
+
+        def run(config, history):
+            trial = Trial("trainable", config=config, stub=True)
+            scheduler.on_trial_add(None, trial)
+            for t, v in history:
+                if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
+                    return t
+            return None
+
+        assert run({**start_from[0], **warm_config}, warm_history) == warm_history[-1][0]
+        return run
+
+    unet = {"residual": "pixel", "skip": True}
+    l1 = {**unet, "width": 24, "latent_dim": 128, "lr": 5.6e-4, "loss": "l1"}
+    # The warm start, a residual U-Net at 22.52 dB at the second rung, has shown how soon this family
+    # leaves the noisy input here: the l1 U-Net still there is stopped where ASHA stops it.
+    run = race(unet, IMPULSE_WARM)
+    assert run(l1, IMPULSE_L1) == 14.52
+    # A plain autoencoder warm start shows nothing of the sort: the l1 U-Net is hedged, as on photos.
+    run = race({"residual": "none", "skip": False}, IMPULSE_WARM)
+    assert run(l1, IMPULSE_L1) == 75.53
+    # Nor does a residual warm start itself still at the noisy input there.
+    run = race(unet, [(4.9, 15.57), (14.54, 16.2), (43.56, 24.0), (75.41, 26.09)])
+    assert run(l1, IMPULSE_L1) == 75.53
+
+
 # The photos_notebook race, seed 2 (2026-12-05 17:38): the warm start, and a skip U-Net without a
 # residual (width 32, depth 3, l1) that led it by 2.09 dB at 4.4 s and 2.13 at 13 s, where the warm start
 # had gained 4.13 since the first rung. Its later points: the same configuration trained by itself on the
