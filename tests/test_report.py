@@ -193,15 +193,16 @@ def test_asha_stopped_a_trial_and_the_savings_add_up(tiny):
 def test_report_measures_the_exported_model_again(tiny):
     spec, result, index = tiny
     summary = json.loads((index.parent / "summary.json").read_text())
-    # Same weights, same test split, same fixed noise (eval seed + TEST_SEED_OFFSET): same score.
-    assert summary["test_psnr_recomputed"] == pytest.approx(result.metrics["test_psnr"], abs=1e-3)
+    # Same weights, same test split, same fixed noise (eval seed + TEST_SEED_OFFSET): the same score,
+    # but for the export's rounding of the output to 8 bits (the report's recomputation keeps floats).
+    assert summary["test_psnr_recomputed"] == pytest.approx(result.metrics["test_psnr"], abs=1e-2)
     assert summary["best_trial_id"] == result.metrics["trial_id"]
     sweep = summary["noise_sweep"]
     levels = [p["level"] for p in sweep]
     level = spec.eval_noise.level
     assert len(levels) == 7 and min(levels) == pytest.approx(level / 4) and max(levels) == pytest.approx(2 * level)
     at_eval = next(p for p in sweep if p["level"] == pytest.approx(level))
-    assert at_eval["psnr"] == pytest.approx(result.metrics["test_psnr"], abs=1e-3)  # tiny's test split < 2000 images
+    assert at_eval["psnr"] == pytest.approx(result.metrics["test_psnr"], abs=1e-2)  # tiny's test split < 2000 images; 8-bit rounding aside
     assert at_eval["noisy_psnr"] == pytest.approx(result.metrics["noisy_test_psnr"], abs=1e-3)
     noisy = [p["noisy_psnr"] for p in sweep]
     assert noisy == sorted(noisy, reverse=True)  # more noise, worse input

@@ -711,7 +711,9 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
         log.info("Optuna study %r in %s", spec.name, study.shown_url(url))
     study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
     loaded = optuna.load_study(study_name=spec.name, storage=storage)
-    for point in spec.start_from:  # what Ray's points_to_evaluate does; partial ones are completed by TPE
+    # What Ray's points_to_evaluate does; partial ones are completed by TPE. Only those the search will
+    # run: one beyond num_samples would stay WAITING in the study for ever.
+    for point in spec.start_from[:spec.budget.num_samples]:
         loaded.enqueue_trial(point)
     return storage
 
