@@ -140,8 +140,8 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         reasons of its own (an l1 loss under impulse noise, which the identity already scores zero
         on every clean pixel; a low learning rate), not for its family's start. Measured on
         ``benchmarks/versus/impulse_bsd68.yaml`` (2026-12-06): an l1 U-Net hedged at 14.5 s, where the
-        warm start (the same U-Net, mse) scored 22.5 dB, trained on to 151 s as a late starter and
-        scored 26.8, under the 27.3 the winner's curve asked: 145 of the search's 554 s, lost.)"""
+        warm start (a U-Net of the same family, mse) scored 22.5 dB, trained on to 151 s as a late
+        starter and scored 26.8, under the 27.3 the winner's curve asked: 145 of the search's 554 s, lost."""
         for key in self._residual_warm & self._histories.keys():
             v = value_at(self._histories[key], rung)
             if v is not None and self._identity is not None and v > self._identity + IDENTITY_DB:
