@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import IDENTITY_DB, at_noisy_input, is_warm_start, value_at, warm_start_margin
+from tuner.search import (IDENTITY_DB, at_noisy_input, is_warm_start, not_past_noisy_input, value_at,
+                          warm_start_margin)
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,23 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         return action
 
     def _hedge(self, trial, before: float, t: float, v: float, action: str) -> str:
-        """``action`` (a stop), or CONTINUE for a residual challenger still at the noisy input's
-        ``val_psnr`` at a rung past the first crossed since ``before``, while hedges are left. (At the
-        first rung no model has trained long enough to have left it: ASHA's screening stands.)"""
-        if len(self._hedged) >= self._max_hedged or t >= self._max_t or not at_noisy_input(trial.config, v, self._identity):
+        """``action`` (a stop), or CONTINUE for a residual challenger that has not left the noisy
+        input's ``val_psnr`` at the rung crossed since ``before``, while hedges are left: at a rung
+        past the first, one still within :data:`~tuner.search.IDENTITY_DB` of it; at the first, where
+        the race has warm starts and every one is a plain model, one at most that far above it (below it too: a residual
+        model with batch norm starts there). With a residual warm start, ASHA's screening stands at
+        the first rung: the warm start is there too, and shows by the next how soon this family leaves."""
+        if len(self._hedged) >= self._max_hedged or t >= self._max_t or self._identity is None:
             return action
-        rung = next((r for r in self._rungs[1:] if before < r <= t), None)
+        rung = next((r for r in self._rungs if before < r <= t), None)
         if rung is None:
             return action
-        if self._warm_start_left_identity(rung):
+        if rung == self._rungs[0]:
+            if not self._warm or self._residual_warm or not not_past_noisy_input(trial.config, v, self._identity):
+                return action
+        elif not at_noisy_input(trial.config, v, self._identity):
+            return action
+        elif self._warm_start_left_identity(rung):
             log.info("trial %s not hedged at %g %s: %.2f dB, still at the noisy input's %.2f, where the warm "
                      "start, a residual model too, had left it", trial.trial_id, rung, self._time_attr, v, self._identity)
             return action
