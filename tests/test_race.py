@@ -337,6 +337,9 @@ def test_a_late_starter_that_lost_the_race_is_found_and_judged_after_one_more_in
     # One hedged at the first rung and still under the noisy input at the second (batch norm) is one too.
     under = {**histories, "u": [(4.5, 16.2), (13.2, 16.9), *PHOTOS_LATE_1[2:]]}
     assert late_starter(under, configs, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) == "u"
+    # One still at the noisy input (or under it) at the race's end shows no sign of leaving it: none.
+    stuck = {**histories, "u": [(4.4, 13.9), (13.2, 17.45), (39.5, 17.79), (68.3, 17.67)]}
+    assert late_starter(stuck, configs, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) is None
     # One it has left (by more than IDENTITY_DB at the second rung) is judged as any other.
     left = {**histories, "u": [(t, v + 1.5) for t, v in PHOTOS_LATE_1]}
     assert late_starter(left, configs, PHOTOS_RUNGS_1, "w", PHOTOS_IDENTITY) is None

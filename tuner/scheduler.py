@@ -23,10 +23,14 @@ plain autoencoder, scored 20.5, 24.2 and 25.0). Its score at a rung then says wh
 not where it will end: a challenger still within :data:`tuner.search.IDENTITY_DB` of the noisy input
 at a rung past the first is not stopped there but **hedged**, judged only at the race's end
 (Hyperband's bracket without early stopping), for at most :data:`HEDGED_PER_SLOT` challengers per
-trial running at once. At the first rung no model has trained long enough to leave the noisy input,
-so ASHA's screening stands there; and where a warm start is a residual model itself and has left the
-noisy input by that rung, a residual challenger still there is slow for reasons of its own, and ASHA's
-screening stands too. One that loses the race may still be leaving the noisy input: it
+trial running at once. At the first rung no residual model has trained long enough to leave the
+noisy input, and one with batch norm starts under it (the photo recipe's seed-1 U-Net: 16.2 dB at
+4.5 s against the noisy input's 18.3, stopped there by ASHA; trained on alone, 32.0 at 130 s): where
+the race's warm starts are all plain models, one not yet past the noisy input there is hedged too.
+Beside a residual warm start ASHA's screening stands at the first rung (the warm start is at the
+identity there as well, and shows by the next rung how soon the family leaves it); and where that
+warm start has left the noisy input by a later rung, a residual challenger still there is slow for
+reasons of its own, and ASHA's screening stands too. One that loses the race may still be leaving the noisy input: it
 trains on for one more race interval before the winner is named (:func:`tuner.search.continue_winner`).
 """
 from __future__ import annotations
