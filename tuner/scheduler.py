@@ -26,7 +26,8 @@ at a rung past the first is not stopped there but **hedged**, judged only at the
 trial running at once. At the first rung no residual model has trained long enough to leave the
 noisy input, and one with batch norm starts under it (the photo recipe's seed-1 U-Net: 16.2 dB at
 4.5 s against the noisy input's 18.3, stopped there by ASHA; trained on alone, 32.0 at 130 s): where
-the race's warm starts are all plain models, one not yet past the noisy input there is hedged too.
+the race's warm starts are all plain models, one not yet past the noisy input there is hedged too, if
+it scores at least what the warm start does there (a plain model a few seconds into its own start).
 Beside a residual warm start ASHA's screening stands at the first rung (the warm start is at the
 identity there as well, and shows by the next rung how soon the family leaves it); and where that
 warm start has left the noisy input by a later rung, a residual challenger still there is slow for
@@ -124,16 +125,18 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         """``action`` (a stop), or CONTINUE for a residual challenger that has not left the noisy
         input's ``val_psnr`` at the rung crossed since ``before``, while hedges are left: at a rung
         past the first, one still within :data:`~tuner.search.IDENTITY_DB` of it; at the first, where
-        the race has warm starts and every one is a plain model, one at most that far above it (below it too: a residual
-        model with batch norm starts there). With a residual warm start, ASHA's screening stands at
-        the first rung: the warm start is there too, and shows by the next how soon this family leaves."""
+        the race's warm starts are all plain models, one at most that far above it and at least where
+        the warm start is (below the noisy input too: a residual model with batch norm starts there).
+        With a residual warm start, ASHA's screening stands at the first rung: the warm start is there
+        too, and shows by the next how soon this family leaves."""
         if len(self._hedged) >= self._max_hedged or t >= self._max_t or self._identity is None:
             return action
         rung = next((r for r in self._rungs if before < r <= t), None)
         if rung is None:
             return action
         if rung == self._rungs[0]:
-            if not self._warm or self._residual_warm or not not_past_noisy_input(trial.config, v, self._identity):
+            floor = self._plain_warm_start_at(rung)
+            if floor is None or v < floor or not not_past_noisy_input(trial.config, v, self._identity):
                 return action
         elif not at_noisy_input(trial.config, v, self._identity):
             return action
@@ -145,6 +148,18 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         log.info("trial %s hedged at %g %s: %.2f dB, still at the noisy input's %.2f; it is judged at the "
                  "race's end", trial.trial_id, rung, self._time_attr, v, self._identity)
         return TrialScheduler.CONTINUE
+
+    def _plain_warm_start_at(self, rung: float) -> Optional[float]:
+        """The best warm start's ``val_psnr`` at ``rung`` where every warm start is a plain model (None
+        where one is residual, or none has reached it): what a model that starts from nothing scores
+        there. A residual challenger under it has not even begun to learn the identity back (the photo
+        recipe's seeds 3 and 4, 2026-12-06: two at 13.9 and 13.4 dB at the first rung, under the warm
+        start's 16.8 and 13.8, hedged, sat at the noisy input to the race's end and cost the winner 146 s
+        of its 418), where the seed-1 U-Net that won after the race (16.2 dB) was above the warm start's 15.9."""
+        if not self._warm or self._residual_warm:
+            return None
+        here = [value_at(self._histories[key], rung) for key in self._warm & self._histories.keys()]
+        return max((v for v in here if v is not None), default=None)
 
     def _warm_start_left_identity(self, rung: float) -> bool:
         """Whether a residual warm start scored above the noisy input (by more than
