@@ -31,8 +31,9 @@ it scores at least what the warm start does there (a plain model a few seconds i
 Beside a residual warm start ASHA's screening stands at the first rung (the warm start is at the
 identity there as well, and shows by the next rung how soon the family leaves it); and where that
 warm start has left the noisy input by a later rung, a residual challenger still there is slow for
-reasons of its own, and ASHA's screening stands too. One that loses the race may still be leaving the noisy input: it
-trains on for one more race interval before the winner is named (:func:`tuner.search.continue_winner`).
+reasons of its own, and ASHA's screening stands too. One that loses the race, having left the noisy
+input by its end, may still be on its way up: it trains on for one more race interval before the
+winner is named (:func:`tuner.search.continue_winner`).
 """
 from __future__ import annotations
 
@@ -154,8 +155,9 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         where one is residual, or none has reached it): what a model that starts from nothing scores
         there. A residual challenger under it has not even begun to learn the identity back (the photo
         recipe's seeds 3 and 4, 2026-12-06: two at 13.9 and 13.4 dB at the first rung, under the warm
-        start's 16.8 and 13.8, hedged, sat at the noisy input to the race's end and cost the winner 146 s
-        of its 418), where the seed-1 U-Net that won after the race (16.2 dB) was above the warm start's 15.9."""
+        start's 16.8 and 13.8, were hedged and sat at the noisy input to the race's end: seed 4's winner
+        trained 272 s instead of 418), where the seed-1 U-Net that won after the race (16.2 dB) was
+        above the warm start's 15.9."""
         if not self._warm or self._residual_warm:
             return None
         here = [value_at(self._histories[key], rung) for key in self._warm & self._histories.keys()]
