@@ -43,8 +43,8 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import (IDENTITY_DB, at_noisy_input, is_warm_start, not_past_noisy_input, value_at,
-                          warm_start_margin)
+from tuner.search import (IDENTITY_DB, at_noisy_input, is_residual, is_warm_start, not_past_noisy_input,
+                          value_at, warm_start_margin)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         super().on_trial_add(tune_controller, trial)
         if is_warm_start(trial.config, self._start_from):
             self._warm.add(trial.trial_id)
-            if trial.config.get("residual", "none") != "none":
+            if is_residual(trial.config):
                 self._residual_warm.add(trial.trial_id)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

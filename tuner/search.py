@@ -302,10 +302,15 @@ def warm_start_margin(warm: list[tuple[float, float]], rung: float, rungs: Colle
     return max(0.0, here - below[0])
 
 
+def is_residual(config: dict[str, Any]) -> bool:
+    """Whether a configuration is a residual model (``residual: pixel`` or ``logit``): it starts as the identity."""
+    return config.get("residual", "none") != "none"
+
+
 def at_noisy_input(config: dict[str, Any], value: float, identity: Optional[float]) -> bool:
     """Whether a residual model (``residual: pixel`` or ``logit``, which starts as the identity) still
     scores within :data:`IDENTITY_DB` of the noisy input's ``val_psnr`` (``identity``; None: unknown)."""
-    return (identity is not None and config.get("residual", "none") != "none"
+    return (identity is not None and is_residual(config)
             and abs(value - identity) <= IDENTITY_DB)
 
 
@@ -315,7 +320,7 @@ def not_past_noisy_input(config: dict[str, Any], value: float, identity: Optiona
     with batch norm starts under the identity (its normalised features do not yet pass the input
     through; measured on ``benchmarks/versus/photos_notebook.yaml``, seed 1: 16.2 dB at 4.5 s against
     the noisy input's 18.3, then a model that scored 32.0 at 130 s)."""
-    return (identity is not None and config.get("residual", "none") != "none"
+    return (identity is not None and is_residual(config)
             and value <= identity + IDENTITY_DB)
 
 
