@@ -102,6 +102,8 @@ TASKS = {t.name: t for t in [
          "5,000 MNIST digits (mnist5k), Gaussian 0.5, from seed 001's notebook recipe (a warm start not tuned for it)"),
     Task("photos_notebook", HERE / "versus" / "photos_notebook.yaml", 600,
          "CBSD432 -> CBSD68, impulse noise on 10% of the pixels, colour, from seed 000's notebook recipe (a warm start not tuned for it)"),
+    Task("digits_bn_notebook", HERE / "versus" / "digits_bn_notebook.yaml", 600,
+         "5,000 MNIST digits (mnist5k), Gaussian 0.1 unclipped, from seed 004's notebook recipe (a warm start not tuned for it)"),
 ]}
 
 # The tuner arm's process spends time outside Ray Tune's time_budget_s: Python and torch imports and
