@@ -15,7 +15,7 @@ import yaml
 import tuner
 from tuner.metrics import METRIC, MODE
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
-from tuner.search import WINNER, continuation_seconds, latest_checkpoint, race_winner
+from tuner.search import WINNER, continuation_seconds, latest_checkpoint, race_winner, warm_start_margin
 from tuner.spec import load_spec
 
 from test_reliability import _Search  # the killed-search helper
@@ -89,6 +89,22 @@ def test_the_warm_start_keeps_the_lead_unless_a_challenger_clears_its_last_gain(
                        incumbents=["warm", "warm2"]) == "warm"
     # A warm start with one validation at the rung (none below it to gain from): no margin.
     assert race_winner({"warm": warm[-1:], "challenger": challenger}, rungs, incumbents=["warm"]) == "challenger"
+
+
+def test_a_lead_past_a_tie_wins_the_race_while_the_warm_start_still_climbs():
+    # The race of seed 004's recipe on the digits (benchmarks/versus/digits_bn_notebook.yaml, bench_versus,
+    # 2026-12-06 10:34; rungs 1.82, 7.28 and 29.12 s, the race's end 58.1 s): the recipe (a batch-norm conv
+    # autoencoder without skips) climbed 3.86 dB over the last rung interval, to 27.56, and a residual
+    # U-Net led it there by 3.06 dB, on a curve near its plateau. The margin alone kept the recipe.
+    warm = [(1.397, 7.27), (1.828, 7.42), (7.093, 10.35), (7.295, 10.44), (12.166, 13.68), (17.172, 17.78),
+            (22.326, 21.2), (27.308, 23.23), (29.135, 23.7), (33.052, 24.98), (36.98, 25.71), (41.056, 26.34),
+            (44.991, 26.51), (48.914, 26.57), (53.387, 27.46), (57.343, 27.61), (58.113, 27.56)]
+    unet = [(1.849, 24.64), (7.305, 29.16), (24.874, 30.26), (29.138, 30.03), (45.997, 30.62), (58.128, 30.62)]
+    rungs = [1.82, 7.28, 29.12, 58.1]
+    assert warm_start_margin(warm, 58.1, rungs) > 30.62 - 27.56  # 3.86: what kept the recipe before
+    assert race_winner({"w": warm, "u": unet}, rungs, ["w"]) == "u"
+    # A lead within TIE_DB is still a tie, however the curves run.
+    assert race_winner({"w": warm, "u": [(t, v - 2.2) for t, v in unet]}, rungs, ["w"]) == "w"
 
 
 # The headline race (bsd68.yaml, bench_versus, 2026-12-05 08:41; rungs 18.3, 54.9, 164.7 s, the race's

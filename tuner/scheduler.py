@@ -1,18 +1,17 @@
 """The race's scheduler: Ray Tune's asynchronous ASHA, with the warm start's lead applied at its rungs.
 
 In a race (``budget.continue_best``) the winner continues alone, and a warm start (the spec's
-``start_from``, the user's prior) keeps its place at the race's end unless a challenger leads it by
-more than it gained since its previous rung (:func:`tuner.search.warm_start_margin`,
-:func:`tuner.search.race_winner`). ASHA alone would promote a challenger that ties the warm start
-rung after rung, to lose there: :class:`WarmStartASHA` stops it at the first rung past the first
-where its lead is within both that margin and :data:`TIE_DB`, so its training seconds go to the
-winner instead. A larger lead in mid-race is not judged by the margin: while the warm start is
-still climbing steeply, its gain over one rung interval is several dB, and a challenger ahead by
-less may be a better model rather than a faster start (measured on
-``benchmarks/versus/photos_notebook.yaml``, seed 2: a U-Net that led the warm start by 2.13 dB at 13
-training seconds, where the warm start had gained 4.13 since the first rung, was stopped; trained
-alone on the race's schedule it led by 3.2 dB at the race's end). ASHA's own screening still applies
-at every rung, and the race's end judges it with the full margin.
+``start_from``, the user's prior) keeps its place at the race's end against a tie: a challenger that
+leads it by no more than it gained since its previous rung (:func:`tuner.search.warm_start_margin`)
+and no more than :data:`~tuner.search.TIE_DB` (:func:`tuner.search.race_winner`). ASHA alone would
+promote a challenger that ties the warm start rung after rung, to lose there: :class:`WarmStartASHA`
+stops it at the first rung past the first where it ties, so its training seconds go to the winner
+instead. A larger lead is not judged by the margin alone: while the warm start is still climbing
+steeply, its gain over one rung interval is several dB, and a challenger ahead by less may be a
+better model rather than a faster start (measured on ``benchmarks/versus/photos_notebook.yaml``, seed
+2: a U-Net that led the warm start by 2.13 dB at 13 training seconds, where the warm start had gained
+4.13 since the first rung, was stopped; trained alone on the race's schedule it led by 3.2 dB at the
+race's end). ASHA's own screening still applies at every rung.
 
 A residual model (``residual: pixel`` or ``logit``) starts as the identity: its first validations
 score the noisy input itself. Under impulse noise it can sit there for tens of training seconds
@@ -43,19 +42,19 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import (IDENTITY_DB, at_noisy_input, is_residual, is_warm_start, not_past_noisy_input,
+from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_warm_start, not_past_noisy_input,
                           value_at, warm_start_margin)
 
 log = logging.getLogger(__name__)
 
-TIE_DB = 1.0  # a lead in mid-race within this (and the warm start's margin): a tie (ties measured: 0.2-0.55 dB)
 HEDGED_PER_SLOT = 1  # hedged challengers per race, per trial running at once: each may cost a whole race_seconds
 
 
 class WarmStartASHA(AsyncHyperBandScheduler):
     """Asynchronous ASHA that also stops a challenger at a rung past the first where it ties the best
     warm start: leads it by no more than :func:`~tuner.search.warm_start_margin` (the lead
-    :func:`~tuner.search.race_winner` asks of it at the race's end) and no more than :data:`TIE_DB`.
+    :func:`~tuner.search.race_winner` asks of it at the race's end) and no more than
+    :data:`~tuner.search.TIE_DB`.
     Measured on the headline task (``bsd68.yaml``), ASHA alone promoted two challengers that tied the
     warm start to the race's end (ahead by 0.20-0.44 dB at 55 s): 456 of the search's 1754 training
     seconds, lost.
