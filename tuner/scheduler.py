@@ -42,8 +42,8 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_warm_start, not_past_noisy_input,
-                          value_at, warm_start_margin)
+from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_tie, is_warm_start,
+                          not_past_noisy_input, value_at, warm_start_margin)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
                 if margin is not None:
                     bars.append((v - value_at(warm, rung), margin))
             lead, margin = min(bars, default=(math.inf, 0.0))  # against the best warm start there
-            if lead <= min(margin, TIE_DB):
+            if is_tie(lead, margin):
                 action = self._hedge(trial, before, t, v, TrialScheduler.STOP)
                 if action == TrialScheduler.STOP:
                     log.info("trial %s stopped at %g %s: it ties the warm start, ahead by %.2f dB, no more than "

@@ -269,7 +269,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
 LATE = "late"  # a late starter's second race interval, before the winner is named: <run>/late/
 IDENTITY_DB = 1.0  # a val_psnr within this of the noisy input's: the model has not left the identity yet
-TIE_DB = 1.0  # a challenger's lead over a warm start within this (and the warm start's margin): a tie (ties measured: 0.05-0.55 dB)
+TIE_DB = 1.0  # a lead over a warm start within this (and its margin): a tie (ties measured: 0.05-0.55 dB)
 LATE_SHARE = 1 / 3  # a late starter's second interval may take at most this share of the wall time the race left
 
 
@@ -301,6 +301,13 @@ def warm_start_margin(warm: list[tuple[float, float]], rung: float, rungs: Colle
     if here is None or not below:
         return None
     return max(0.0, here - below[0])
+
+
+def is_tie(lead: float, margin: float) -> bool:
+    """Whether a challenger's ``lead`` over a warm start is a tie: within the warm start's ``margin``
+    (:func:`warm_start_margin`) and within :data:`TIE_DB`. A tie keeps the warm start's place, at a
+    rung (:class:`tuner.scheduler.WarmStartASHA`) and at the race's end (:func:`race_winner`)."""
+    return lead <= min(margin, TIE_DB)
 
 
 def is_residual(config: dict[str, Any]) -> bool:
@@ -360,8 +367,8 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
         if best in incumbents or not warm:
             return best
         prior = max(warm, key=here.get)
-        margin = min(warm_start_margin(histories[prior], rung, rungs) or 0.0, TIE_DB)
-        return best if here[best] - here[prior] > margin else prior
+        margin = warm_start_margin(histories[prior], rung, rungs) or 0.0
+        return prior if is_tie(here[best] - here[prior], margin) else best
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
 
 
