@@ -457,7 +457,8 @@ def _tuner_record(run_dir: Path) -> dict[str, Any]:
         print(f"tuner: no study in {run_dir} ({e}); trial states left out", flush=True)
     else:
         for t in study.trials:
-            states[t.state.name] = states.get(t.state.name, 0) + 1
+            if "prior_study" not in t.user_attrs:  # an earlier study's trials (searcher.prior_studies) ran elsewhere
+                states[t.state.name] = states.get(t.state.name, 0) + 1
     log = []
     for result in [*sorted(run_dir.glob("trial_*/result.json")), *sorted(run_dir.glob("late/late_*/result.json")),
                    *sorted(run_dir.glob("winner/winner_*/result.json"))]:

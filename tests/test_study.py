@@ -580,3 +580,95 @@ def test_a_spec_with_nothing_to_search_is_still_one_study_trial(tmp_path):
     searcher.on_trial_complete("only", {METRIC: 12.5, "epoch": 1, "training_iteration": 1})
     (trial,) = load_study(url, "fixed").trials
     assert trial.state == TrialState.COMPLETE and trial.value == 12.5
+
+
+# ---------------------------------------------------------------- a prior study (searcher.prior_studies)
+
+def _prior_spec(tmp_path: Path, name: str, **top) -> Path:
+    """tiny.yaml as a second search after tiny_run: 2 trials of 2 epochs, no warm starts (TPE
+    proposes them), the earlier search named as its prior."""
+    searcher = {"n_startup_trials": 2, "prior_studies": ["tiny"], **top.pop("searcher", {})}
+    return _tiny_variant(tmp_path, {"num_samples": 2, "max_epochs": 2}, name=name, start_from=[],
+                         searcher=searcher, **top)
+
+
+def test_a_prior_study_s_trials_open_the_next_search_s_study(tiny_run, tmp_path):
+    """The earlier search's finished trials join the new study before its own, as they were (state,
+    value, per-epoch values), naming where they came from and no Ray trial; the new search runs its
+    own trials; the earlier study is left as it was."""
+    from tuner.study import PRIOR_STUDY, RAY_TRIAL_ID
+
+    earlier_result, earlier_spec = tiny_run
+    runs = Path(earlier_result.run_dir).parent
+    before = {t.number: t for t in _study(Path(earlier_result.run_dir), "tiny").trials}
+    spec = load_spec(_prior_spec(tmp_path, "tiny-again"))
+    result = tuner.tune(spec, storage=str(runs), report=False, verbose=0)
+    assert len(result.results) == 2
+    trials = _study(Path(result.run_dir), "tiny-again").trials
+    copied = [t for t in trials if PRIOR_STUDY in t.user_attrs]
+    own = [t for t in trials if PRIOR_STUDY not in t.user_attrs]
+    assert [t.number for t in copied] == [0, 1, 2, 3] and len(own) == 2
+    for t in copied:
+        was = before[t.user_attrs["prior_number"]]
+        assert t.user_attrs[PRIOR_STUDY] == "tiny" and RAY_TRIAL_ID not in t.user_attrs
+        assert (t.state, t.value, t.params, t.intermediate_values) == (was.state, was.value, was.params,
+                                                                       was.intermediate_values)
+    assert all(RAY_TRIAL_ID in t.user_attrs and t.state.is_finished() for t in own)
+    assert len(_study(Path(earlier_result.run_dir), "tiny").trials) == len(before)
+
+
+def test_a_prior_keeps_only_the_points_of_this_search(tmp_path):
+    """An earlier trial joins when, with the earlier spec's fixed values filled in, it agrees with
+    every value this spec fixes and lies in this spec's space (real Optuna trials, in memory)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from tuner.searcher import distributions
+    from tuner.study import PRIOR_STUDY, create_study, prior_trials
+
+    earlier = load_spec(_tiny_variant(tmp_path, name="before", start_from=[],
+                                      search={"latent_dim": {"choice": [4, 16]}, "lr": {"loguniform": [1e-4, 1e-2]}}))
+    storage = optuna.storages.InMemoryStorage()
+    create_study(storage, "before", {"spec": earlier.to_yaml()})
+    study = optuna.load_study(study_name="before", storage=storage)
+    dists = {"latent_dim": CategoricalDistribution([4, 16]), "lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    for latent, lr, state in [(16, 1e-3, TrialState.COMPLETE), (4, 2e-3, TrialState.PRUNED), (16, 5e-3, TrialState.FAIL)]:
+        study.add_trial(optuna.trial.create_trial(params={"latent_dim": latent, "lr": lr}, distributions=dists,
+                                                  state=state, value=None if state == TrialState.FAIL else 20.0,
+                                                  intermediate_values={1: 19.0, 2: 20.0}))
+    # This search: skip searched (the earlier one fixed it true), latent_dim 4 outside its space.
+    data = yaml.safe_load(_tiny_variant(tmp_path, name="now", start_from=[]).read_text())
+    data["fixed"].pop("skip")
+    data["search"] = {"latent_dim": {"choice": [16, 32]}, "lr": {"loguniform": [1e-4, 1e-2]},
+                      "skip": {"choice": [False, True]}}
+    now = load_spec(_write(tmp_path / "now.yaml", data))
+    trials, left_out = prior_trials(study, now, distributions(now.param_space()))
+    assert left_out == 1  # latent_dim 4; the failed trial is not a finished one
+    (t,) = trials
+    assert t.params == {"latent_dim": 16, "lr": 1e-3, "skip": True} and t.state == TrialState.COMPLETE
+    assert t.user_attrs == {PRIOR_STUDY: "before", "prior_number": 0}
+    # Fixing a value the earlier trials did not have leaves them all out.
+    data["fixed"]["width"] = 16
+    trials, left_out = prior_trials(study, load_spec(_write(tmp_path / "now.yaml", data)),
+                                    distributions(now.param_space()))
+    assert (trials, left_out) == ([], 2)
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("args, top, fragment", [
+    (["--prior-study", "nope"], {}, "searcher.prior_studies: no earlier search 'nope' in the run folder"),
+    ([], {"eval_noise": {"kind": "gaussian", "level": 0.5}},
+     "prior study 'tiny' scored its trials on eval_noise {kind: gaussian, level: 0.3"),
+    ([], {"name": "tiny", "searcher": {"prior_studies": ["tiny"]}}, "'tiny' is this search's own name"),
+    (["--prior-study", "tiny", "--prior-study", "tiny"], {}, "'tiny' is named twice"),
+])
+def test_a_prior_that_cannot_be_used_is_one_line_exit_2_and_leaves_no_run(tiny_run, tmp_path, capsys, args, top, fragment):
+    runs = Path(tiny_run[0].run_dir).parent
+    path = _prior_spec(tmp_path, top.pop("name", "after-bad"), **top)
+    code = main(["tune", str(path), "--storage", str(runs), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and not (runs / "after-bad" / "tuner.pkl").exists()

@@ -34,7 +34,7 @@ def tune(spec: ExperimentSpec | str | Path, *, storage: str = "./runs", address:
         storage, address, resume, verbose: as ``tuner tune``'s flags.
         report: write ``<run>/report/`` at the end.
         **overrides: ``name``, ``seed``, ``num_samples``, ``max_epochs``, ``time_budget_s``, ``cpus_per_trial``,
-            ``gpus_per_trial``, ``max_concurrent``, ``max_failures``.
+            ``gpus_per_trial``, ``max_concurrent``, ``max_failures``, ``study_storage``, ``prior_studies``.
 
     Returns:
         :class:`tuner.search.SearchResult` (``best_dir``, ``best_config``, ``metrics``, ``results``).

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--address", help="Ray cluster to join: 'auto' for the one started by 'ray start' or "
                    "'ray up'; default: start a local Ray")
     t.add_argument("--seed", type=int, help="searcher and trial seed (overrides the spec's seed)")
+    t.add_argument("--prior-study", metavar="NAME", action="append", dest="prior_studies",
+                   help="an earlier search (its run name, under the same --storage or in the same "
+                        "--study-storage) whose finished trials TPE learns from first; repeatable "
+                        "(overrides searcher.prior_studies)")
     t.add_argument("--study-storage", metavar="URL",
                    help="where the Optuna study is kept: an SQLAlchemy URL such as "
                         "postgresql://user@head/optuna (a server every run writes to), or "
@@ -199,8 +203,8 @@ def _tune(args: argparse.Namespace) -> int:
         name=args.name, seed=args.seed, num_samples=args.num_samples, max_epochs=args.max_epochs,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, study_storage=args.study_storage or team_default,
-        time_budget_s=args.time_budget_s, path=args.path, train_path=args.train_path, val_path=args.val_path,
-        test_path=args.test_path)
+        time_budget_s=args.time_budget_s, prior_studies=args.prior_studies, path=args.path,
+        train_path=args.train_path, val_path=args.val_path, test_path=args.test_path)
     result = run_search(spec, storage=args.storage, address=args.address, resume=args.resume,
                         verbose=0 if args.quiet else 1)
     if not args.no_report:

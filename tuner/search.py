@@ -733,6 +733,7 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
     import optuna
 
     from tuner import study
+    from tuner.searcher import distributions
 
     url = study.storage_url(spec, run_dir)
     if url is None:
@@ -742,13 +743,49 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
     else:
         storage = study.open_storage(url)
         log.info("Optuna study %r in %s", spec.name, study.shown_url(url))
+    # Earlier searches' trials, as W&B Sweeps' prior runs: TPE's history (read before the study is made,
+    # so a bad prior leaves nothing behind).
+    priors = [(name, *study.prior_trials(_prior_study(spec, name, run_dir, storage), spec,
+                                         distributions(spec.param_space())))
+              for name in spec.searcher.prior_studies]
     study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
     loaded = optuna.load_study(study_name=spec.name, storage=storage)
+    for name, trials, left_out in priors:
+        loaded.add_trials(trials)
+        log.info("prior study %r: %d of its finished trials join this search's study%s", name, len(trials),
+                 f" ({left_out} are not points of this search)" if left_out else "")
     # What Ray's points_to_evaluate does; partial ones are completed by TPE. Only those the search will
     # run: one beyond num_samples would stay WAITING in the study for ever.
     for point in spec.start_from[:spec.budget.num_samples]:
         loaded.enqueue_trial(point)
     return storage
+
+
+def _prior_study(spec: ExperimentSpec, name: str, run_dir: str, storage):
+    """The earlier search ``name``'s study: in this search's study storage when the spec names one,
+    else in its run folder beside this one (``<storage>/<name>/study.db``)."""
+    import optuna
+
+    from tuner import study
+
+    if spec.study_storage:
+        where = study.shown_url(spec.study_storage)
+    else:
+        url = study.default_storage_url(join(os.path.dirname(run_dir.rstrip("/")), name))
+        if url is None:
+            raise SearchError(f"searcher.prior_studies: {name!r}: a run on a URI keeps its study in memory; "
+                              f"give --study-storage URL to keep studies (and find priors) in a database")
+        path = url.removeprefix("sqlite:///")
+        where = f"the run folder {os.path.dirname(path)}"
+        if not os.path.exists(path):
+            raise SearchError(f"searcher.prior_studies: no earlier search {name!r} in {where} "
+                              f"(give the run name of a search under the same --storage, or share a --study-storage)")
+        storage = study.open_storage(url)
+    if not study.study_exists(storage, name):
+        names = sorted(s.study_name for s in storage.get_all_studies())
+        raise SearchError(f"searcher.prior_studies: no study {name!r} in {where}; "
+                          f"studies there: {', '.join(names) or '(none)'}")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _init_ray(address: Optional[str]) -> None:

@@ -90,7 +90,7 @@ class StudySearch(Searcher):
         self._max_t, self._time_attr = max_t, time_attr
         self._storage, self._study_name, self._sampler = storage, study_name, sampler
         # Optuna's distributions of the space (set_search_properties, when not given here)
-        self._space: Optional[dict[str, optuna.distributions.BaseDistribution]] = _distributions(space) if space else None
+        self._space: Optional[dict[str, optuna.distributions.BaseDistribution]] = distributions(space) if space else None
         self._numbers: dict[str, int] = {}  # Ray trial id -> its study trial's number
         self._best: dict[str, float] = {}  # Ray trial id -> best val_psnr reported so far
         self._ended: set[str] = set()  # Ray trials told their outcome
@@ -125,7 +125,7 @@ class StudySearch(Searcher):
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], config: dict, **spec: Any) -> bool:
         """Take the space from Tune's ``param_space`` (its domains; constants pass through Tune).
         False (Ray then says the searcher has a space already) for a space other than the one given."""
-        space = _distributions(config) if config else None
+        space = distributions(config) if config else None
         if self._space is not None and space is not None and space != self._space:
             return False
         self._space = self._space or space
@@ -256,7 +256,7 @@ class StudySearch(Searcher):
         self.__setstate__(pickle.loads(Path(checkpoint_path).read_bytes()))
 
 
-def _distributions(space: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+def distributions(space: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
     """Optuna's distributions of a Tune search space: ``OptunaSearch.convert_search_space``, the
     ones Ray's own Optuna searcher would ask with (so a study written by either is the same)."""
     from ray.tune.search.optuna import OptunaSearch

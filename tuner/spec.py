@@ -31,7 +31,10 @@ Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 # Pairs of fields that TrialConfig checks together: searched together, every combination must be valid.
 _COUPLED = ("arch", "convs_per_stage", "lr_schedule", "plateau_patience", "residual", "loss")
 # Set by the experiment, not by fixed/search: one seed and one budget per search.
-_FROM_EXPERIMENT = ("max_epochs", "max_train_seconds", "seed")
+FROM_EXPERIMENT = ("max_epochs", "max_train_seconds", "seed")
+
+
+RunName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]  # a run's folder and its study's name
 
 
 class SpecError(Exception):
@@ -105,6 +108,9 @@ class SearcherSpec(Section):
     n_startup_trials: Optional[Annotated[int, Field(ge=0, le=100000)]] = None  # random trials first, warm starts included; default len(start_from) + 10
     constant_liar: bool = True  # running trials count as poor, so parallel trials spread out (Optuna's advice)
     multivariate: bool = True  # model the hyperparameters jointly, not one at a time
+    # Earlier searches (by run name) whose finished trials TPE learns from, as W&B Sweeps' prior runs:
+    # those that are points of this search are copied into its study first (tuner.study.prior_trials).
+    prior_studies: list[RunName] = []
 
 
 StrictInt = Annotated[int, Field(strict=True)]  # a YAML 1.5 is not an integer bound
@@ -190,13 +196,14 @@ class Distribution(Section):
 
 # Where a CLI override goes: a field of one of these sections, else a top-level key.
 _SECTION_FIELDS = {"budget": BudgetSpec.model_fields, "resources": ResourcesSpec.model_fields,
+                   "searcher": ("prior_studies",),
                    "dataset": ("path", "train_path", "val_path", "test_path")}  # where the photos are, not dataset.name
 
 
 class ExperimentSpec(Section):
     """A whole search, as written in a ``search_spaces/*.yaml`` file."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")] = "search"  # run folder name
+    name: RunName = "search"  # run folder name
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # the searcher's seed and every trial's seed
     dataset: DatasetSpec = DatasetSpec()
     eval_noise: NoiseSpec = NoiseSpec()  # every trial is scored on val/test images corrupted by this
@@ -224,6 +231,17 @@ class ExperimentSpec(Section):
             raise ValueError("dataset.augment: give augment once, in fixed or search (none, flip, flip_rotate)")
         data["fixed"] = {**(data.get("fixed") or {}), "augment": "flip_rotate" if value else "none"}
         return data
+
+    @model_validator(mode="after")
+    def _prior_is_earlier(self) -> "ExperimentSpec":
+        priors = self.searcher.prior_studies
+        if self.name in priors:
+            raise ValueError(f"searcher.prior_studies: {self.name!r} is this search's own name; "
+                             f"a prior study is an earlier search's (its run name)")
+        twice = sorted({p for p in priors if priors.count(p) > 1})
+        if twice:
+            raise ValueError(f"searcher.prior_studies: {twice[0]!r} is named twice; name each earlier search once")
+        return self
 
     @property
     def image_shape(self) -> Optional[tuple[int, int, int]]:
@@ -259,8 +277,8 @@ class ExperimentSpec(Section):
 
     def with_overrides(self, **overrides: Any) -> "ExperimentSpec":
         """A copy with CLI overrides applied (``name``, ``seed``, ``num_samples``, ``max_epochs``,
-        ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, and the photo
-        folders ``path``, ``train_path``, ``val_path``, ``test_path``); None means keep. Budget fields
+        ``time_budget_s``, ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, ``prior_studies``,
+        and the photo folders ``path``, ``train_path``, ``val_path``, ``test_path``); None means keep. Budget fields
         derived from ``time_budget_s`` are derived again from the overridden numbers."""
         data = self.model_dump(exclude_none=True)  # None is every optional field's default
         # Only what the spec set: derived fields, dumped too, would come back as explicit and not follow.
@@ -285,11 +303,11 @@ def _check_hyperparameters(spec: ExperimentSpec) -> None:
     """Every fixed/searched key is a TrialConfig field, and every value it can take is valid."""
     for section, keys in (("fixed", spec.fixed), ("search", spec.search)):
         for key in keys:
-            if key in _FROM_EXPERIMENT:
+            if key in FROM_EXPERIMENT:
                 where = f"budget.{key}" if key.startswith("max_") else "seed (top level)"
                 raise ValueError(f"{section}.{key}: set by the experiment's {where}, not here")
             if key not in HYPERPARAMETERS:
-                allowed = ", ".join(h for h in HYPERPARAMETERS if h not in _FROM_EXPERIMENT)
+                allowed = ", ".join(h for h in HYPERPARAMETERS if h not in FROM_EXPERIMENT)
                 raise ValueError(f"{section}.{key}: unknown hyperparameter; allowed: {allowed}")
     both = set(spec.fixed) & set(spec.search)
     if both:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from tuner.metrics import METRIC
@@ -140,10 +141,12 @@ def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 def create_study(storage: optuna.storages.BaseStorage, name: str, user_attrs: dict[str, Any]) -> None:
     """Create the run's study, refusing a name a shared database already holds (an empty study,
-    left by a search that stopped before its first trial, is replaced)."""
+    left by a search that stopped before its first trial, is replaced; so is one that holds only
+    a prior study's trials)."""
     if study_exists(storage, name):
         begun = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        if optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=begun):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=begun)
+        if any(PRIOR_STUDY not in t.user_attrs for t in trials):
             raise StudyError(f"a study named {name!r} exists in the study storage already; "
                              f"add --resume to continue it, or pick another --name")
         optuna.delete_study(study_name=name, storage=storage)
@@ -181,6 +184,71 @@ def end_running(storage: optuna.storages.BaseStorage, name: str, max_epochs: int
 
 
 RAY_TRIAL_ID = "ray_trial_id"  # the user attribute of a study trial that names its Ray trial
+PRIOR_STUDY = "prior_study"  # the user attribute of a trial copied from an earlier study: that study's name
+
+
+def prior_trials(prior: optuna.Study, spec: "ExperimentSpec",
+                 distributions: dict[str, optuna.distributions.BaseDistribution]) -> tuple[list[optuna.trial.FrozenTrial], int]:
+    """The finished trials of an earlier search's study that are points of ``spec``'s search, as
+    trials of its study, for ``Study.add_trials``: TPE then learns from them as from its own (they
+    count towards its start-up trials), as W&B Sweeps' prior runs do.
+
+    A trial is a point of this search when, with the earlier spec's fixed hyperparameters filled in,
+    every hyperparameter this spec fixes has this spec's value (the seed and budget aside) and every
+    one it searches lies in its space. Its state, value and per-result values are kept; it names
+    the study and trial it came from (:data:`PRIOR_STUDY`, ``prior_number``), never a Ray trial.
+
+    Args:
+        prior: the earlier study (one made by :func:`create_study`: it keeps its spec).
+        spec: this search's spec.
+        distributions: this search's Optuna distributions (its searcher's).
+
+    Returns:
+        The trials, and how many finished ones were left out (not points of this search).
+
+    Raises:
+        StudyError: the earlier study has no spec, or scored its trials on other data or noise
+            (its ``val_psnr`` cannot rank this search's trials).
+    """
+    from pydantic import ValidationError
+
+    from tuner.config import TrialConfig
+    from tuner.spec import FROM_EXPERIMENT, ExperimentSpec
+
+    name = prior.study_name
+    if "spec" not in prior.user_attrs:
+        raise StudyError(f"prior study {name!r} was not made by tuner tune (it keeps no spec)")
+    try:
+        earlier = ExperimentSpec.model_validate(yaml.safe_load(prior.user_attrs["spec"]))
+    except (ValidationError, ValueError, yaml.YAMLError) as e:
+        raise StudyError(f"prior study {name!r}: its spec no longer reads ({type(e).__name__})") from None
+    for section in ("dataset", "eval_noise"):
+        was, now = getattr(earlier, section), getattr(spec, section)
+        if was != now:
+            raise StudyError(f"prior study {name!r} scored its trials on {section} {_shown(was)}, this search on "
+                             f"{_shown(now)}: its val_psnr cannot rank this search's trials (a prior must "
+                             f"share the dataset and eval_noise)")
+    this = TrialConfig(**spec.base_config()).to_dict()
+    fixed = [k for k in this if k not in distributions and k not in FROM_EXPERIMENT]
+    trials, left_out = [], 0
+    for t in prior.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        try:
+            config = TrialConfig(**{**earlier.base_config(), **t.params}).to_dict()
+        except (ValueError, TypeError):
+            config = None
+        if (config is None or any(config[k] != this[k] for k in fixed)
+                or not all(k in spec.search and spec.search[k].contains(config[k]) for k in distributions)):
+            left_out += 1
+            continue
+        trials.append(optuna.trial.create_trial(
+            state=t.state, value=t.value, params={k: config[k] for k in distributions}, distributions=distributions,
+            intermediate_values=dict(t.intermediate_values),
+            user_attrs={PRIOR_STUDY: name, "prior_number": t.number}))
+    return trials, left_out
+
+
+def _shown(section) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in section.model_dump(exclude_none=True).items()) + "}"
 
 
 class _StudyURL:

@@ -337,10 +337,11 @@ def importance_study(trials: list[TrialSummary], spec: ExperimentSpec, run_dir: 
 
 
 def _stored_trials(spec: ExperimentSpec, run_dir: str):
-    """The COMPLETE trials of the run's study database, or None when the run has none."""
+    """The COMPLETE trials of the run's study database, or None when the run has none. A prior
+    study's trials there (``searcher.prior_studies``) ran another search's budget: left out."""
     import optuna
 
-    from tuner.study import StudyError, default_storage_url, open_storage, storage_url, study_exists
+    from tuner.study import PRIOR_STUDY, StudyError, default_storage_url, open_storage, storage_url, study_exists
 
     url = storage_url(spec, run_dir)
     if url is None or (url == default_storage_url(run_dir) and not Path(run_dir, STUDY_FILE).exists()):
@@ -350,7 +351,8 @@ def _stored_trials(spec: ExperimentSpec, run_dir: str):
         if not study_exists(storage, spec.name):
             return None
         study = optuna.load_study(study_name=spec.name, storage=storage)
-        return study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+        return [t for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.COMPLETE,))
+                if PRIOR_STUDY not in t.user_attrs]
     except StudyError as e:
         log.warning("the report rebuilds importances from the trials: %s", e)
         return None
