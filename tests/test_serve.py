@@ -132,9 +132,19 @@ def _within(got: np.ndarray, want: np.ndarray) -> bool:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port between Ray's worker ports (10002-19999) and the OS's ephemeral range (from 32768),
+    where every port Ray's own processes take at start-up (bound to port 0) comes from: one picked
+    there (as the OS would pick) can be taken before the service binds it ("Failed to bind")."""
+    import random
+
+    for port in random.sample(range(20000, 32768), 500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def _descendants(pid: int) -> dict[int, str]:
