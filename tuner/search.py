@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import yaml
 
 from tuner.cluster import check_trial_fits
 from tuner.data import Splits, load_dataset
@@ -33,7 +34,7 @@ from tuner.noise import Noise
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
 from tuner.config import TrialConfig
 from tuner.spec import ExperimentSpec
-from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
+from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, read_file, write
 from tuner.train import CheckpointCadence, fit, noisy_baseline, pick_device
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                           f"add --resume to continue it, or pick another --name")
     data = load_dataset(**spec.dataset.model_dump())  # a bad folder fails here, before a study or Ray exists
     if not resume:  # a resumed search reopens the study its searcher saved
-        study_storage = _open_study(spec, run_dir)
+        study_storage, spec = _open_study(spec, run_dir)
+    elif spec.searcher.prior_studies:  # the warm starts and start-up the search began with
+        spec = _started_with(spec, run_dir)
     joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
     _init_ray(address)
     check_trial_fits(spec.resources.cpus_per_trial, spec.resources.gpus_per_trial, joined=joined)
@@ -728,8 +731,12 @@ def make_sampler(spec: ExperimentSpec):
 
 
 def _open_study(spec: ExperimentSpec, run_dir: str):
-    """Create the run's Optuna study (before Ray starts, so a bad storage is a one-line error) and
-    queue the spec's ``start_from`` configurations; returns the storage the searcher writes to."""
+    """Create the run's Optuna study (before Ray starts, so a bad storage is a one-line error), copy
+    in the prior studies' trials and queue the spec's ``start_from`` configurations.
+
+    Returns:
+        The storage the searcher writes to, and the spec the search runs: with prior studies, their
+        best finished trial is one more warm start (:func:`with_priors`)."""
     import optuna
 
     from tuner import study
@@ -748,17 +755,63 @@ def _open_study(spec: ExperimentSpec, run_dir: str):
     priors = [(name, *study.prior_trials(_prior_study(spec, name, run_dir, storage), spec,
                                          distributions(spec.param_space())))
               for name in spec.searcher.prior_studies]
-    study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
-    loaded = optuna.load_study(study_name=spec.name, storage=storage)
     for name, trials, left_out in priors:
-        loaded.add_trials(trials)
         log.info("prior study %r: %d of its finished trials join this search's study%s", name, len(trials),
                  f" ({left_out} are not points of this search)" if left_out else "")
+    spec = with_priors(spec, [t for _, trials, _ in priors for t in trials])
+    study.create_study(storage, spec.name, {"run_dir": run_dir, "spec": spec.to_yaml()})
+    loaded = optuna.load_study(study_name=spec.name, storage=storage)
+    for _, trials, _ in priors:
+        loaded.add_trials(trials)
     # What Ray's points_to_evaluate does; partial ones are completed by TPE. Only those the search will
     # run: one beyond num_samples would stay WAITING in the study for ever.
     for point in spec.start_from[:spec.budget.num_samples]:
         loaded.enqueue_trial(point)
-    return storage
+    return storage, spec
+
+
+def with_priors(spec: ExperimentSpec, trials: list) -> ExperimentSpec:
+    """The spec a search with prior studies runs: the priors' best finished trial (the highest
+    ``COMPLETE`` ``val_psnr``) is one more warm start, after the spec's own ``start_from`` (unless it
+    is one of them), so a second search begins where the first ended and its race keeps that point
+    against a tie, as it keeps the spec's warm starts; and TPE's start-up counts this search's own
+    trials only (``searcher.n_startup_trials`` plus the prior trials), so its challengers are drawn
+    from the whole space, not around the earlier winner. Measured: with the prior trials as TPE's
+    first trials instead, the challengers were the earlier winner's neighbours, tied it and one
+    another, and the race ran to its limit (docs/benchmarks.md, "A prior study").
+
+    Args:
+        spec: the search's spec.
+        trials: the prior studies' trials that are points of this search
+            (:func:`tuner.study.prior_trials`), as Optuna ``FrozenTrial`` objects.
+    """
+    if not trials:
+        return spec
+    from optuna.trial import TrialState
+
+    start_from = list(spec.start_from)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if done:
+        best = max(done, key=lambda t: t.value).params
+        if not is_warm_start(best, start_from):
+            start_from.append(dict(best))
+            log.info("prior studies: their best trial (val_psnr %.2f) is a warm start: %s", max(t.value for t in done),
+                     ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items()))
+    own = startup_trials(spec) + len(start_from) - len(spec.start_from)  # the added warm start is one of them
+    searcher = spec.searcher.model_copy(update={"n_startup_trials": own + len(trials)})
+    return spec.model_copy(update={"start_from": start_from, "searcher": searcher})
+
+
+def _started_with(spec: ExperimentSpec, run_dir: str) -> ExperimentSpec:
+    """A resumed search with prior studies: the warm starts and TPE start-up it began with (its run
+    folder's spec.yaml, written by :func:`run_search`), which the priors added to."""
+    from tuner.spec import ExperimentSpec as Spec
+
+    try:
+        began = Spec.model_validate(yaml.safe_load(read_file(run_dir, SPEC_FILE)))
+    except (OSError, ValueError, yaml.YAMLError):
+        return spec
+    return spec.model_copy(update={"start_from": began.start_from, "searcher": began.searcher})
 
 
 def _prior_study(spec: ExperimentSpec, name: str, run_dir: str, storage):
