@@ -14,13 +14,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
+
+from ports import free_port
 
 USER, PASSWORD, DATABASE = "tuner", "tuner-test", "optuna"
 
@@ -56,12 +57,6 @@ def cannot_run() -> Optional[str]:
     except ImportError:
         return "no PostgreSQL driver for SQLAlchemy (psycopg): pip install -e '.[postgres]'"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 import tritonclient.http as httpclient
 import yaml
 from oip_requests import HOSTILE_INFER
+from ports import free_port
 from PIL import Image
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -131,22 +132,6 @@ def _within(got: np.ndarray, want: np.ndarray) -> bool:
     return float(np.abs(got - want).max()) <= 1 / 255
 
 
-def _free_port() -> int:
-    """A free port between Ray's worker ports (10002-19999) and the OS's ephemeral range (from 32768),
-    where every port Ray's own processes take at start-up (bound to port 0) comes from: one picked
-    there (as the OS would pick) can be taken before the service binds it ("Failed to bind")."""
-    import random
-
-    for port in random.sample(range(20000, 32768), 500):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32767")
-
-
 def _descendants(pid: int) -> dict[int, str]:
     """Every process below ``pid`` (from /proc), as {pid: start time}, to tell a reused PID apart."""
     children: dict[int, list[int]] = {}
@@ -223,7 +208,7 @@ def test_serve_refuses_a_bad_model_folder_before_ray_starts(case, models, tmp_pa
     if case == "bad metrics":
         (folder / "metrics.json").write_text("{not json")
     was_running = ray.is_initialized()
-    assert main(["serve", str(folder), "--port", str(_free_port())]) == 2
+    assert main(["serve", str(folder), "--port", str(free_port())]) == 2
     _one_line(capsys.readouterr().err)
     assert ray.is_initialized() == was_running  # no Ray was started
 
@@ -259,7 +244,7 @@ def _tuner_serve(model_dir: Path, *flags: str):
     every process it started is gone. Runs before the module's service exists (one Ray at a time)."""
     import threading
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "-q", "serve", str(model_dir), "--port", str(port), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "RAY_enable_metrics_collection": "0"})
@@ -383,7 +368,7 @@ def service(models):
     before = _descendants(os.getpid())
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A 50 ms window, so the concurrent requests below reliably land in one batch on a loaded machine.
     serve.run(app_builder({"model_dir": str(models["conv"]), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from ports import free_port
 
 import tuner
 from tuner.cli import main
@@ -135,14 +136,6 @@ def test_a_study_name_taken_in_a_shared_database_is_refused(tiny_run, tmp_path, 
     assert code == 2 and "a study named 'tiny' exists" in err and "--resume" in err, err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _dashboard(storage_url: str, log: Path) -> Iterator[str]:
     """optuna-dashboard, started as the README says, on ``storage_url``; yields its base URL once it answers."""
@@ -151,7 +144,7 @@ def _dashboard(storage_url: str, log: Path) -> Iterator[str]:
     import urllib.request
 
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
-    base = f"http://127.0.0.1:{_free_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     with open(log, "w") as out:
         proc = subprocess.Popen([exe, storage_url, "--host", "127.0.0.1", "--port", base.rsplit(":", 1)[1]],
                                 stdout=out, stderr=subprocess.STDOUT)
