@@ -30,9 +30,10 @@ whole image, the output rounded to 8 bits, large images denoised in tiles as ``t
 Tasks (``TASKS``): ``bsd68_s25`` (``search_spaces/bsd68.yaml`` as shipped: Train400 -> BSD68,
 sigma 25, 30 minutes; the headline) and 10-minute tasks in ``benchmarks/versus/`` that the warm
 starts were not tuned for: impulse noise on the photos, sigma 50 in colour, the digits
-quickstart with a time budget, and four warm starts a user brings from a notebook, far from the task's
+quickstart with a time budget, and five warm starts a user brings from a notebook, far from the task's
 best: the digits from seed 001's recipe, colour photos with impulse noise from seed 000's, the
-digits at light, unclipped noise from seed 004's, and the digits from seed 003's dense autoencoder.
+digits at light, unclipped noise from seed 004's, the digits from seed 003's dense autoencoder, and
+the digits under impulse noise from seed 002's (trained on clean digits in its notebook).
 ``--seeds`` replaces the spec's seed (searcher, trials, weights); the evaluation noise stays fixed.
 
 Each (task, seed, arm) is saved to ``benchmarks/out/versus/*.json`` as it finishes and skipped when
@@ -40,7 +41,7 @@ run again (``--force`` reruns it); ``--write`` renders the markdown section from
 (printed, and written to ``benchmarks/out/versus/section.md``, with the summary table's row in
 ``benchmarks/out/versus/bench_versus.json``, ``benchmarks/summary.py``'s format). On the 2-core CPU:
 
-    python benchmarks/bench_versus.py --seeds 0 1                        # ~10 h: 2 x (3 x 30 + 21 x 10 min)
+    python benchmarks/bench_versus.py --seeds 0 1                        # ~11 h: 2 x (3 x 30 + 24 x 10 min)
     python benchmarks/bench_versus.py --tasks bsd68_s25 --seeds 0 1      # the headline, ~3 h
     python benchmarks/bench_versus.py --write                            # the section
     python benchmarks/bench_versus.py --tasks quickstart --budget-scale 0.1 --write   # smoke, ~3.5 min

@@ -572,3 +572,38 @@ def test_a_search_killed_while_its_winner_trains_resumes_it(tmp_path, ray_tmp):
     assert best["continued"] is True and best["trial_id"] == rows[0]["continued_from"]
     assert best["test_psnr"] > best["noisy_test_psnr"] + 3
     assert (run / WINNER / "tuner.pkl").is_file() and len(list((run / WINNER).glob(f"{WINNER}_*"))) == 1
+
+
+# The dense_notebook race, seed 1 with seed 0's study as its prior (bench_versus's spec, 2026-12-06 16:58;
+# rungs 1.82, 7.28, 29.1 s, the race's end 58.2 s): trials scored at the first rung before seed 0's
+# winner, the prior's best (20.13 dB at the end of seed 0's race), came to it with 10.85 dB.
+DENSE_RUNGS = [1.82, 7.28, 29.1]
+DENSE_FIRST = [13.04, 14.9, 11.2, 8.59, 6.48]
+DENSE_PRIOR = [(1.9, 10.85), (7.3, 17.1), (29.1, 19.4), (58.2, 20.13)]
+
+
+@pytest.mark.parametrize("proven", [False, True])
+def test_a_prior_study_s_best_is_judged_at_the_race_end_only(proven):
+    """ASHA's first rung ranks how fast a model starts: it stops the prior's best there; a warm start
+    proven on the task (WarmStartASHA's proven) runs to the race's end instead, where it is judged."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.scheduler import WarmStartASHA
+
+    spec_warm = {"arch": "dense", "optimizer": "adadelta", "lr": 1.0}
+    prior_best = {"arch": "conv", "optimizer": "adam", "lr": 4.23e-3}
+    scheduler = WarmStartASHA([spec_warm, prior_best], DENSE_RUNGS, proven=[prior_best] if proven else [],
+                              time_attr="train_seconds", metric=METRIC, mode="max", max_t=58.2, grace_period=1.82,
+                              reduction_factor=4)
+    for i, v in enumerate(DENSE_FIRST):
+        trial = Trial("trainable", config={"arch": "conv", "optimizer": "sgd", "lr": 0.01 * (i + 1)}, stub=True)
+        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_result(None, trial, {"train_seconds": 1.85, METRIC: v})
+    trial = Trial("trainable", config=dict(prior_best), stub=True)
+    scheduler.on_trial_add(None, trial)
+    actions = [scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) for t, v in DENSE_PRIOR]
+    if proven:
+        assert actions[:-1] == [TrialScheduler.CONTINUE] * 3 and actions[-1] == TrialScheduler.STOP  # max_t
+    else:
+        assert actions[0] == TrialScheduler.STOP

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="searcher and trial seed (overrides the spec's seed)")
     t.add_argument("--prior-study", metavar="NAME", action="append", dest="prior_studies",
                    help="an earlier search (its run name, under the same --storage or in the same "
-                        "--study-storage) whose finished trials TPE learns from first; repeatable "
+                        "--study-storage) whose finished trials TPE learns from, its best tried first; repeatable "
                         "(overrides searcher.prior_studies)")
     t.add_argument("--study-storage", metavar="URL",
                    help="where the Optuna study is kept: an SQLAlchemy URL such as "

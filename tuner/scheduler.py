@@ -68,13 +68,23 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         identity_psnr: the noisy validation images' own ``val_psnr`` (:func:`tuner.train.noisy_baseline`);
             None: no challenger is hedged.
         max_hedged: how many challengers may be hedged in the race (default: :data:`HEDGED_PER_SLOT`).
+        proven: warm starts measured on this task already (a prior study's best,
+            :func:`tuner.search.with_priors`): never stopped, judged at the race's end only. ASHA's
+            first rung ranks how fast a model starts, not where it goes: on
+            ``benchmarks/versus/dense_notebook.yaml`` (2026-12-06, seed 1 with seed 0's study as its
+            prior) it stopped seed 0's winner at 1.9 training seconds, 10.85 dB, where the trials it
+            kept scored 13.0 or less there (seed 0's race had ended with it at 20.13 dB, ahead of all).
         **kwargs: :class:`~ray.tune.schedulers.AsyncHyperBandScheduler`'s.
     """
 
+    _proven: frozenset = frozenset()  # a race pickled before proven warm starts existed has none
+
     def __init__(self, start_from: list[dict[str, Any]], rungs: list[float], identity_psnr: Optional[float] = None,
-                 max_hedged: int = HEDGED_PER_SLOT, **kwargs: Any):
+                 max_hedged: int = HEDGED_PER_SLOT, proven: list[dict[str, Any]] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self._start_from = [dict(point) for point in start_from]
+        self._proven_points = [dict(point) for point in proven]
+        self._proven = set()
         self._rungs = sorted(rungs)
         self._histories: dict[str, list[tuple[float, float]]] = {}  # kept by save() / restore(): a resumed race
         self._warm: set[str] = set()
@@ -85,6 +95,8 @@ class WarmStartASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
+        if getattr(self, "_proven_points", None) and is_warm_start(trial.config, self._proven_points):
+            self._proven.add(trial.trial_id)
         if is_warm_start(trial.config, self._start_from):
             self._warm.add(trial.trial_id)
             if is_residual(trial.config):
@@ -98,9 +110,10 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         history = self._histories.setdefault(trial.trial_id, [])
         before = history[-1][0] if history else -math.inf
         history.append((float(t), float(v)))
+        if trial.trial_id in self._proven or trial.trial_id in self._hedged:  # judged at the race's end only
+            return TrialScheduler.CONTINUE if t < self._max_t else action
         if trial.trial_id in self._warm:
             return action
-        if trial.trial_id in self._hedged:  # judged at the race's end only
             return TrialScheduler.CONTINUE if t < self._max_t else action
         if action != TrialScheduler.CONTINUE:
             return self._hedge(trial, before, t, v, action)

@@ -206,7 +206,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                           f"add --resume to continue it, or pick another --name")
     data = load_dataset(**spec.dataset.model_dump())  # a bad folder fails here, before a study or Ray exists
     if not resume:  # a resumed search reopens the study its searcher saved
+        given = len(spec.start_from)
         study_storage, spec = _open_study(spec, run_dir)
+        proven = spec.start_from[given:]  # the prior studies' best: measured on this task already
     elif spec.searcher.prior_studies:  # the warm starts and start-up the search began with
         spec = _started_with(spec, run_dir)
     joined = bool(address) or ray.is_initialized()  # a Ray started here has no autoscaler
@@ -246,7 +248,7 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
                      b.race_limit_s, b.max_train_seconds)
         write(run_dir, SPEC_FILE, spec.to_yaml())
         tuner = make_tuner(spec, trainable, storage=storage, search_alg=make_searcher(spec, study_storage, run_dir),
-                           scheduler=make_scheduler(spec, identity_psnr=identity),
+                           scheduler=make_scheduler(spec, identity_psnr=identity, proven=proven),
                            num_samples=num_samples, verbose=verbose)
     fit_start = time.monotonic()
     with resuming_in(run_dir, ray_trials) if resume else contextlib.nullcontext():
@@ -646,12 +648,14 @@ def make_searcher(spec: ExperimentSpec, study_storage, run_dir: str, cls: Option
                                       run_dir=run_dir, space=spec.param_space())
 
 
-def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None):
+def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None,
+                   proven: list[dict[str, Any]] = ()):
     """ASHA, its rungs in epochs or in training seconds (``budget.time_attr``), so that a small fast
     model and a large slow one are compared after the same compute; in a race (``continue_best``)
     with warm starts, :class:`tuner.scheduler.WarmStartASHA`, which judges a residual challenger still
     at ``identity_psnr`` (the noisy validation images' own score) only at the race's end, one per trial
-    running at once (at the first rung only beside plain warm starts)."""
+    running at once (at the first rung only beside plain warm starts), and the ``proven`` warm starts
+    (a prior study's best, :func:`with_priors`) there too."""
     from ray.tune.schedulers import ASHAScheduler
 
     b = spec.budget
@@ -660,7 +664,7 @@ def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None):
         from tuner.scheduler import HEDGED_PER_SLOT, WarmStartASHA
 
         return WarmStartASHA(spec.start_from, b.rungs, identity_psnr=identity_psnr,
-                             max_hedged=HEDGED_PER_SLOT * b.max_concurrent, **kwargs)
+                             max_hedged=HEDGED_PER_SLOT * b.max_concurrent, proven=proven, **kwargs)
     return ASHAScheduler(**kwargs)
 
 

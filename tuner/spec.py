@@ -109,7 +109,9 @@ class SearcherSpec(Section):
     constant_liar: bool = True  # running trials count as poor, so parallel trials spread out (Optuna's advice)
     multivariate: bool = True  # model the hyperparameters jointly, not one at a time
     # Earlier searches (by run name) whose finished trials TPE learns from, as W&B Sweeps' prior runs:
-    # those that are points of this search are copied into its study first (tuner.study.prior_trials).
+    # those that are points of this search are copied into its study first (tuner.study.prior_trials),
+    # their best is one more warm start, and n_startup_trials counts this search's own trials
+    # (tuner.search.with_priors).
     prior_studies: list[RunName] = []
 
 
