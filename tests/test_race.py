@@ -584,7 +584,7 @@ DENSE_PRIOR = [(1.9, 10.85), (7.3, 17.1), (29.1, 19.4), (58.2, 20.13)]
 
 @pytest.mark.parametrize("proven", [False, True])
 def test_a_prior_study_s_best_is_judged_at_the_race_end_only(proven):
-    """ASHA's first rung ranks how fast a model starts: it stops the prior's best there; a warm start
+    """ASHA's first rung ranks how fast a model starts: it stops the prior's best there; a configuration
     proven on the task (WarmStartASHA's proven) runs to the race's end instead, where it is judged."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
@@ -593,7 +593,7 @@ def test_a_prior_study_s_best_is_judged_at_the_race_end_only(proven):
 
     spec_warm = {"arch": "dense", "optimizer": "adadelta", "lr": 1.0}
     prior_best = {"arch": "conv", "optimizer": "adam", "lr": 4.23e-3}
-    scheduler = WarmStartASHA([spec_warm, prior_best], DENSE_RUNGS, proven=[prior_best] if proven else [],
+    scheduler = WarmStartASHA([spec_warm], DENSE_RUNGS, proven=[prior_best] if proven else [],
                               time_attr="train_seconds", metric=METRIC, mode="max", max_t=58.2, grace_period=1.82,
                               reduction_factor=4)
     for i, v in enumerate(DENSE_FIRST):

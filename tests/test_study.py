@@ -608,17 +608,17 @@ def test_a_prior_study_s_trials_open_the_next_search_s_study(tiny_run, tmp_path)
                                                                        was.intermediate_values)
     assert all(RAY_TRIAL_ID in t.user_attrs and t.state.is_finished() for t in own)
     assert len(_study(Path(earlier_result.run_dir), "tiny").trials) == len(before)
-    # The earlier best is the new search's warm start, run first; TPE's start-up counts its own trials.
+    # The earlier best runs first (no warm starts here); TPE's start-up counts this search's own trials.
     best = max((t for t in before.values() if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert own[0].params == best.params
     ran = load_spec(Path(result.run_dir) / "spec.yaml")
-    assert ran.start_from == [best.params] and ran.searcher.n_startup_trials == 2 + 1 + len(copied)
+    assert ran.start_from == [] and ran.searcher.n_startup_trials == 2 + 1 + len(copied)
 
 
-def test_a_prior_s_best_trial_is_one_more_warm_start(tmp_path):
-    """with_priors: the priors' best COMPLETE trial joins start_from after the spec's own (not when it
+def test_a_prior_s_best_trial_runs_after_the_warm_starts(tmp_path):
+    """with_priors: the priors' best COMPLETE trial is queued after the spec's warm starts (not when it
     is one of them, nor when no prior trial completed); TPE's start-up grows by the prior trials, and
-    by the added warm start."""
+    by that one."""
     from optuna.distributions import CategoricalDistribution
 
     from tuner.search import startup_trials, with_priors
@@ -633,33 +633,16 @@ def test_a_prior_s_best_trial_is_one_more_warm_start(tmp_path):
                                    search={"latent_dim": {"choice": [4, 8, 16]}}))
     assert startup_trials(spec) == 1 + 10
     priors = [trial(8, 20.0), trial(16, 21.0), trial(4, 25.0, TrialState.PRUNED)]
-    now = with_priors(spec, priors)
-    assert now.start_from == [{"latent_dim": 4}, {"latent_dim": 16}]  # the best COMPLETE one, not the pruned
-    assert now.searcher.n_startup_trials == 2 + 10 + 3
-    again = with_priors(spec, [trial(4, 22.0), trial(8, 20.0)])  # the best is the spec's own warm start
-    assert again.start_from == spec.start_from and again.searcher.n_startup_trials == 1 + 10 + 2
-    pruned = with_priors(spec, [trial(8, 20.0, TrialState.PRUNED)])
-    assert pruned.start_from == spec.start_from and pruned.searcher.n_startup_trials == 1 + 10 + 1
+    now, proven = with_priors(spec, priors)
+    assert proven == [{"latent_dim": 16}] and now.start_from == spec.start_from  # the best COMPLETE one
+    assert now.searcher.n_startup_trials == 1 + 10 + 1 + 3
+    again, proven = with_priors(spec, [trial(4, 22.0), trial(8, 20.0)])  # the best is the spec's warm start
+    assert proven == [] and again.searcher.n_startup_trials == 1 + 10 + 2
+    pruned, proven = with_priors(spec, [trial(8, 20.0, TrialState.PRUNED)])
+    assert proven == [] and pruned.searcher.n_startup_trials == 1 + 10 + 1
     explicit = spec.model_copy(update={"searcher": spec.searcher.model_copy(update={"n_startup_trials": 3})})
-    assert with_priors(explicit, priors).searcher.n_startup_trials == 3 + 1 + 3
-    assert with_priors(spec, []) is spec
-
-
-def test_a_resumed_search_keeps_the_warm_starts_its_priors_added(tmp_path):
-    """On --resume the user's spec is given again: the warm starts and start-up the search began
-    with come from its run folder's spec.yaml (a folder without one: the spec as given)."""
-    from tuner.search import _started_with
-
-    spec = load_spec(_tiny_variant(tmp_path, name="now", searcher={"prior_studies": ["tiny"]}))
-    began = spec.model_copy(update={
-        "start_from": [*spec.start_from, {"latent_dim": 4, "depth": 2, "lr": 3e-3, "noise_level": 0.25, "loss": "mse"}],
-        "searcher": spec.searcher.model_copy(update={"n_startup_trials": 18})})
-    run_dir = tmp_path / "runs" / "now"
-    run_dir.mkdir(parents=True)
-    assert _started_with(spec, str(run_dir)) == spec
-    (run_dir / "spec.yaml").write_text(began.to_yaml())
-    resumed = _started_with(spec, str(run_dir))
-    assert resumed.start_from == began.start_from and resumed.searcher.n_startup_trials == 18
+    assert with_priors(explicit, priors)[0].searcher.n_startup_trials == 3 + 1 + 3
+    assert with_priors(spec, []) == (spec, [])
 
 
 def test_a_prior_keeps_only_the_points_of_this_search(tmp_path):

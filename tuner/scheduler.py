@@ -68,8 +68,9 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         identity_psnr: the noisy validation images' own ``val_psnr`` (:func:`tuner.train.noisy_baseline`);
             None: no challenger is hedged.
         max_hedged: how many challengers may be hedged in the race (default: :data:`HEDGED_PER_SLOT`).
-        proven: warm starts measured on this task already (a prior study's best,
-            :func:`tuner.search.with_priors`): never stopped, judged at the race's end only. ASHA's
+        proven: configurations measured on this task already (a prior study's best,
+            :func:`tuner.search.with_priors`): never stopped, judged at the race's end only, where
+            they hold no lead against a tie (they are not warm starts). ASHA's
             first rung ranks how fast a model starts, not where it goes: on
             ``benchmarks/versus/dense_notebook.yaml`` (2026-12-06, seed 1 with seed 0's study as its
             prior) it stopped seed 0's winner at 1.9 training seconds, 10.85 dB, where the trials it

@@ -110,7 +110,7 @@ class SearcherSpec(Section):
     multivariate: bool = True  # model the hyperparameters jointly, not one at a time
     # Earlier searches (by run name) whose finished trials TPE learns from, as W&B Sweeps' prior runs:
     # those that are points of this search are copied into its study first (tuner.study.prior_trials),
-    # their best is one more warm start, and n_startup_trials counts this search's own trials
+    # their best runs after the warm starts, and n_startup_trials counts this search's own trials
     # (tuner.search.with_priors).
     prior_studies: list[RunName] = []
 
