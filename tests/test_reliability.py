@@ -267,13 +267,15 @@ class _Search:
         return out
 
     def kill_when(self, proc: subprocess.Popen, log: Path, predicate: Callable[[], Any], what: str,
-                  timeout: float = 300) -> Any:
+                  timeout: float = 300, may_finish: bool = False) -> Any:
         """Poll (every 20 ms) until ``predicate()``; then SIGKILL the search at once and wait for all
-        of it to end."""
+        of it to end. ``may_finish``: a search that ends first (exit 0) returns None instead of failing."""
         try:
             deadline = time.monotonic() + timeout
             while not (value := predicate()):
                 if proc.poll() is not None:
+                    if may_finish and proc.returncode == 0:
+                        return None
                     pytest.fail(f"the search exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
                 if time.monotonic() > deadline:
                     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{log.read_text()[-3000:]}")
@@ -309,15 +311,23 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     # Ray may write a newer snapshot between the poll that sees that and the kill: then look again.
     # The trial's newest checkpoint must leave it epochs to go: steps 1 and 2 need two more of them
     # (one trained on below, one half-written), and step 3 one more after that.
+    # A search can also run to its end without Ray ever naming a deleted checkpoint in time (seen
+    # once in CI, 2026-12-06: 5 trials in 22 s): then it starts over, a fresh run.
+    started = False
     for attempt in range(4):
-        proc, log = search.start(storage, resume=attempt > 0)
-        search.kill_when(proc, log, lambda: _stale(run, max_epochs - 2), "a snapshot naming a deleted checkpoint",
-                         timeout=420)
+        proc, log = search.start(storage, resume=started)
+        if search.kill_when(proc, log, lambda: _stale(run, max_epochs - 2), "a snapshot naming a deleted checkpoint",
+                            timeout=420, may_finish=True) is None:
+            shutil.rmtree(run)
+            started = False
+            continue
+        started = True
         stale = _stale(run, max_epochs, newest_below=max_epochs - 2)  # what Tuner.restore would read
         if stale:
             break
     else:
-        pytest.fail("four kills in a row came just after Ray had snapshotted its state, or too late in a trial")
+        pytest.fail("four kills in a row came just after Ray had snapshotted its state, or too late in a trial, "
+                    "or the searches ended first")
     trial, (newest, epoch) = stale["trial"], stale["newest"]
     folder = run / f"trial_{trial}"
 
