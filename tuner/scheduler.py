@@ -78,7 +78,9 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         **kwargs: :class:`~ray.tune.schedulers.AsyncHyperBandScheduler`'s.
     """
 
-    _proven: frozenset = frozenset()  # a race pickled before proven warm starts existed has none
+    # A race pickled before proven configurations existed has none.
+    _proven_points: tuple = ()
+    _proven: frozenset = frozenset()
 
     def __init__(self, start_from: list[dict[str, Any]], rungs: list[float], identity_psnr: Optional[float] = None,
                  max_hedged: int = HEDGED_PER_SLOT, proven: list[dict[str, Any]] = (), **kwargs: Any):
@@ -96,7 +98,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        if getattr(self, "_proven_points", None) and is_warm_start(trial.config, self._proven_points):
+        if self._proven_points and is_warm_start(trial.config, self._proven_points):
             self._proven.add(trial.trial_id)
         if is_warm_start(trial.config, self._start_from):
             self._warm.add(trial.trial_id)
