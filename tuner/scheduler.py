@@ -117,7 +117,6 @@ class WarmStartASHA(AsyncHyperBandScheduler):
             return TrialScheduler.CONTINUE if t < self._max_t else action
         if trial.trial_id in self._warm:
             return action
-            return TrialScheduler.CONTINUE if t < self._max_t else action
         if action != TrialScheduler.CONTINUE:
             return self._hedge(trial, before, t, v, action)
         for rung in (r for r in self._rungs[1:] if before < r <= t):  # at the first, no gain to measure
