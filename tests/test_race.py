@@ -332,7 +332,6 @@ def test_a_challenger_well_ahead_in_mid_race_is_judged_at_the_race_end():
     """The warm start's margin in mid-race stops ties only: a challenger ahead by more than TIE_DB
     runs on, however steeply the warm start climbs, and the race's end judges it with the full margin
     (there the warm start gained 0.42 dB over the last interval; the U-Net leads by 3.2)."""
-
     add, feed, _ = _photos_race(None, warm=PHOTOS_WARM_2)
     # A tie at 13 s (ahead by 0.49 dB, where the warm start gained 4.13): ASHA would promote it; stopped.
     assert feed(add(width=16, loss="l1"), [(4.4, 17.2), (13.1, 21.7)]) == 13.1
