@@ -15,7 +15,8 @@ import yaml
 import tuner
 from tuner.metrics import METRIC, MODE
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
-from tuner.search import TIE_DB, WINNER, continuation_seconds, latest_checkpoint, race_winner, warm_start_margin
+from tuner.search import (TIE_DB, WINNER, continuation_seconds, is_residual, latest_checkpoint, race_lead,
+                          race_winner, warm_start_margin)
 from tuner.spec import load_spec
 
 from test_reliability import _Search  # the killed-search helper
@@ -76,6 +77,8 @@ def test_the_warm_start_keeps_the_lead_unless_a_challenger_clears_its_last_gain(
     histories = {"warm": warm, "challenger": challenger}
     assert race_winner(histories, rungs) == "challenger"  # ASHA's judgement alone
     assert race_winner(histories, rungs, incumbents=["warm"]) == "warm"
+    rung, lead, margin = race_lead(histories, rungs, "challenger", "warm")  # what the log says of the tie
+    assert (rung, lead, margin) == (75.5, pytest.approx(0.27), pytest.approx(0.51))
     # A lead larger than that gain wins (a warm start that is wrong for the task is replaced).
     far = [(t, v + 0.6) for t, v in challenger]
     assert race_winner({"warm": warm, "far": far}, rungs, incumbents=["warm"]) == "far"
@@ -318,6 +321,71 @@ def test_no_hedge_where_a_residual_warm_start_has_left_the_noisy_input():
     # Nor does a residual warm start itself still at the noisy input there.
     run = race(unet, [(4.9, 15.57), (14.54, 16.2), (43.56, 24.0), (75.41, 26.09)])
     assert run(l1, IMPULSE_L1) == 75.53
+
+
+# The impulse_bsd68 race, seed 0 (bench_versus, 2026-12-06 19:36 on the 2-core Xeon; the noisy validation
+# images at 15.65 dB; rungs 4.88, 14.64, 43.92 s, the race's end 76.1 s): the space fixes residual U-Nets.
+# At the first rung all five trials were within 0.46 dB of the noisy input, and ASHA stopped the three l1
+# ones there; the one it let through (mse) was 1.04 dB under the warm start at the second rung.
+IMPULSE_0_RUNGS = [4.88, 14.64, 43.92]
+IMPULSE_0_WARM = [(4.93, 15.88), (14.67, 23.07), (28.02, 24.31), (43.46, 25.14), (63.34, 26.02), (76.16, 26.53)]
+IMPULSE_0_CHALLENGERS = [  # in the order they ran: configuration, validations
+    ({"width": 24, "latent_dim": 256, "lr": 9.17e-4, "loss": "l1"}, [(4.91, 15.62)]),
+    ({"width": 24, "latent_dim": 128, "lr": 5.64e-4, "loss": "l1"}, [(4.94, 15.67)]),
+    ({"width": 32, "latent_dim": 64, "lr": 5.89e-4, "loss": "mse"}, [(4.91, 16.11), (14.67, 22.03)]),
+    ({"width": 16, "latent_dim": 128, "lr": 1.1e-3, "loss": "l1"}, [(4.89, 15.68)]),
+]
+
+
+def _impulse_race(identity_psnr):
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.scheduler import WarmStartASHA
+
+    unet = {"depth": 3, "skip": True, "residual": "pixel"}
+    start_from = [{"width": 16, "latent_dim": 128, "lr": 1.0e-3, "loss": "mse"}]
+    scheduler = WarmStartASHA(start_from, IMPULSE_0_RUNGS, identity_psnr=identity_psnr, max_hedged=1,
+                              time_attr="train_seconds", metric=METRIC, mode="max", max_t=76.1,
+                              grace_period=4.88, reduction_factor=3)
+
+    def run(config, history):
+        """Where the scheduler stops the trial (None: it ran through ``history``)."""
+        trial = Trial("trainable", config={**unet, **config}, stub=True)
+        scheduler.on_trial_add(None, trial)
+        for t, v in history:
+            if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
+                return t
+        return None
+
+    assert run(start_from[0], IMPULSE_0_WARM) == 76.16  # the warm start runs to the race's end
+    return run
+
+
+def test_a_rung_where_every_residual_model_is_still_at_the_noisy_input_stops_no_one():
+    # ASHA alone (no noisy-input score to tell) stops the three l1 U-Nets at the first rung, as in the race,
+    # and the mse one at the second.
+    run = _impulse_race(None)
+    assert [run(config, history) for config, history in IMPULSE_0_CHALLENGERS] == [4.91, 4.94, 14.67, 4.89]
+    # Every trial there still at the noisy input: the first rung stops no one; the second judges as ASHA does.
+    run = _impulse_race(IMPULSE_IDENTITY)
+    assert [run(config, history) for config, history in IMPULSE_0_CHALLENGERS] == [None, None, 14.67, None]
+    # One trial that has left the noisy input there (impulse_bsd68's seed 1: a U-Net at a learning rate of
+    # 1.7e-3 scored 20.26 dB at 4.92 s) gives the rung something to rank: ASHA's stops stand after it.
+    run = _impulse_race(IMPULSE_IDENTITY)
+    assert run({"width": 32, "latent_dim": 64, "lr": 1.69e-3, "loss": "mse"}, [(4.92, 20.26)]) is None
+    assert run(*IMPULSE_0_CHALLENGERS[0]) == 4.91
+    # So does a plain model among them: its score at the noisy input's is a coincidence, not the identity.
+    run = _impulse_race(IMPULSE_IDENTITY)
+    assert run({"width": 24, "residual": "none", "skip": False}, [(4.9, 15.9)]) is None
+    assert run(*IMPULSE_0_CHALLENGERS[0]) == 4.91
+
+
+def test_residual_true_and_false_are_logit_and_none():
+    """The quickstart's space still searches ``residual: [false, true]`` (tuner.config reads them as none
+    and logit): a model with ``residual: false`` starts from nothing, not as the identity."""
+    assert not is_residual({"residual": False}) and not is_residual({"residual": "none"}) and not is_residual({})
+    assert is_residual({"residual": True}) and is_residual({"residual": "logit"}) and is_residual({"residual": "pixel"})
 
 
 # The photos_notebook race, seed 2 (2026-12-05 17:38): the warm start, and a skip U-Net without a

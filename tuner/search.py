@@ -311,8 +311,10 @@ def is_tie(lead: float, margin: float) -> bool:
 
 
 def is_residual(config: dict[str, Any]) -> bool:
-    """Whether a configuration is a residual model (``residual: pixel`` or ``logit``): it starts as the identity."""
-    return config.get("residual", "none") != "none"
+    """Whether a configuration is a residual model (``residual: pixel`` or ``logit``): it starts as the
+    identity. ``true`` and ``false``, the older spelling a space may still search
+    (``search_spaces/quickstart.yaml``), mean ``logit`` and ``none`` (:class:`tuner.config.TrialConfig`)."""
+    return config.get("residual", "none") not in ("none", False)
 
 
 def at_noisy_input(config: dict[str, Any], value: float, identity: Optional[float]) -> bool:
@@ -372,6 +374,24 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
         margin = warm_start_margin(histories[prior], rung, rungs) or 0.0
         return prior if is_tie(here[best] - here[prior], margin) else best
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
+
+
+def race_lead(histories: dict[str, list[tuple[float, float]]], rungs: list[float], challenger: str,
+              warm: str) -> tuple[float, float, float]:
+    """Where :func:`race_winner` compared ``challenger`` with the warm start ``warm`` (the highest rung
+    two or more trials reached), the challenger's lead there and the warm start's margin
+    (:func:`warm_start_margin`, 0 without one): what the race's end log says of a tie.
+
+    Args:
+        histories: each trial's validations, ``(train_seconds, val_psnr)`` in order, finite; both
+            trials reached the rung (``race_winner`` compared them there).
+        rungs: ASHA's rungs and the race's end, in training seconds.
+        challenger: the key of the trial that led.
+        warm: the key of the warm start.
+    """
+    rung = max(r for r in rungs if sum(value_at(h, r) is not None for h in histories.values()) >= 2)
+    lead = value_at(histories[challenger], rung) - value_at(histories[warm], rung)
+    return rung, lead, warm_start_margin(histories[warm], rung, rungs) or 0.0
 
 
 def late_starter(histories: dict[str, list[tuple[float, float]]], configs: dict[str, dict[str, Any]],
@@ -509,8 +529,10 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
     rungs = [*b.rungs, b.race_seconds]
     key, ahead = race_winner(histories, rungs, warm), race_winner(histories, rungs)
     if key != ahead:
-        log.info("trial %s tied the warm start %s at the race's end (a lead within the warm start's gain over its "
-                 "last rung and within %g dB): the warm start keeps the lead", ahead, key, TIE_DB)
+        rung, lead, margin = race_lead(histories, rungs, ahead, key)
+        log.info("trial %s tied the warm start %s at the race's end (%g training seconds): ahead by %.2f dB, no "
+                 "more than %.2f (the warm start's gain since its previous rung: %.2f dB); the warm start keeps "
+                 "the lead", ahead, key, rung, lead, min(margin, TIE_DB), margin)
     if key is None:
         log.warning("no trial of the race has a checkpoint to continue from; exporting the race's best")
         return []
