@@ -337,7 +337,13 @@ IMPULSE_0_CHALLENGERS = [  # in the order they ran: configuration, validations
 ]
 
 
-def _impulse_race(identity_psnr):
+def test_the_first_rung_ranks_residual_models_still_at_the_noisy_input():
+    """A rung where every trial is a residual model still at the noisy input ranks a few tenths of a dB
+    of start; it was measured whether that ranks anything (2026-12-06 22:20-22:40, the rung letting such
+    trials through to the next): on this task the three l1 U-Nets were still at the noisy input at the
+    second rung (15.69-16.02 dB, where the warm start scored 23.07), and on colour sigma 50 the first
+    rung's order held at the second for the best of five (14.92 then 22.0 dB); the 30-50 training seconds
+    it cost the races left the search 0.11-0.26 dB lower than before. ASHA's first rung stands."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
@@ -345,7 +351,7 @@ def _impulse_race(identity_psnr):
 
     unet = {"depth": 3, "skip": True, "residual": "pixel"}
     start_from = [{"width": 16, "latent_dim": 128, "lr": 1.0e-3, "loss": "mse"}]
-    scheduler = WarmStartASHA(start_from, IMPULSE_0_RUNGS, identity_psnr=identity_psnr, max_hedged=1,
+    scheduler = WarmStartASHA(start_from, IMPULSE_0_RUNGS, identity_psnr=IMPULSE_IDENTITY, max_hedged=1,
                               time_attr="train_seconds", metric=METRIC, mode="max", max_t=76.1,
                               grace_period=4.88, reduction_factor=3)
 
@@ -359,26 +365,7 @@ def _impulse_race(identity_psnr):
         return None
 
     assert run(start_from[0], IMPULSE_0_WARM) == 76.16  # the warm start runs to the race's end
-    return run
-
-
-def test_a_rung_where_every_residual_model_is_still_at_the_noisy_input_stops_no_one():
-    # ASHA alone (no noisy-input score to tell) stops the three l1 U-Nets at the first rung, as in the race,
-    # and the mse one at the second.
-    run = _impulse_race(None)
     assert [run(config, history) for config, history in IMPULSE_0_CHALLENGERS] == [4.91, 4.94, 14.67, 4.89]
-    # Every trial there still at the noisy input: the first rung stops no one; the second judges as ASHA does.
-    run = _impulse_race(IMPULSE_IDENTITY)
-    assert [run(config, history) for config, history in IMPULSE_0_CHALLENGERS] == [None, None, 14.67, None]
-    # One trial that has left the noisy input there (impulse_bsd68's seed 1: a U-Net at a learning rate of
-    # 1.7e-3 scored 20.26 dB at 4.92 s) gives the rung something to rank: ASHA's stops stand after it.
-    run = _impulse_race(IMPULSE_IDENTITY)
-    assert run({"width": 32, "latent_dim": 64, "lr": 1.69e-3, "loss": "mse"}, [(4.92, 20.26)]) is None
-    assert run(*IMPULSE_0_CHALLENGERS[0]) == 4.91
-    # So does a plain model among them: its score at the noisy input's is a coincidence, not the identity.
-    run = _impulse_race(IMPULSE_IDENTITY)
-    assert run({"width": 24, "residual": "none", "skip": False}, [(4.9, 15.9)]) is None
-    assert run(*IMPULSE_0_CHALLENGERS[0]) == 4.91
 
 
 def test_residual_true_and_false_are_logit_and_none():

@@ -32,9 +32,7 @@ identity there as well, and shows by the next rung how soon the family leaves it
 warm start has left the noisy input by a later rung, a residual challenger still there is slow for
 reasons of its own, and ASHA's screening stands too. One that loses the race, having left the noisy
 input by its end, may still be on its way up: it trains on for one more race interval before the
-winner is named (:func:`tuner.search.continue_winner`). Where every trial that reached a rung is a
-residual model still at the noisy input (a space of residual U-Nets at the first rung), the rung ranks
-a few tenths of a dB of start and nothing else: it stops no one, and the next rung judges.
+winner is named (:func:`tuner.search.continue_winner`).
 """
 from __future__ import annotations
 
@@ -62,8 +60,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
     seconds, lost.
 
     A residual challenger still at the noisy input's ``val_psnr`` at a rung past the first is hedged
-    instead of stopped (the module's docstring); and where every trial at a rung is a residual model
-    still there, the rung ranks nothing and stops no one.
+    instead of stopped (the module's docstring).
 
     Args:
         start_from: the spec's warm starts.
@@ -81,10 +78,9 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         **kwargs: :class:`~ray.tune.schedulers.AsyncHyperBandScheduler`'s.
     """
 
-    # A race pickled before proven configurations (or the residual trials' record) existed has none.
+    # A race pickled before proven configurations existed has none.
     _proven_points: tuple = ()
     _proven: frozenset = frozenset()
-    _residual: frozenset = frozenset()
 
     def __init__(self, start_from: list[dict[str, Any]], rungs: list[float], identity_psnr: Optional[float] = None,
                  max_hedged: int = HEDGED_PER_SLOT, proven: list[dict[str, Any]] = (), **kwargs: Any):
@@ -96,7 +92,6 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         self._histories: dict[str, list[tuple[float, float]]] = {}  # kept by save() / restore(): a resumed race
         self._warm: set[str] = set()
         self._residual_warm: set[str] = set()  # the warm starts that are residual models themselves
-        self._residual: set[str] = set()  # every residual trial (it starts as the identity)
         self._identity = identity_psnr
         self._max_hedged = max_hedged
         self._hedged: set[str] = set()
@@ -105,8 +100,6 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         super().on_trial_add(tune_controller, trial)
         if self._proven_points and is_warm_start(trial.config, self._proven_points):
             self._proven.add(trial.trial_id)
-        if is_residual(trial.config):
-            self._residual.add(trial.trial_id)
         if is_warm_start(trial.config, self._start_from):
             self._warm.add(trial.trial_id)
             if is_residual(trial.config):
@@ -125,10 +118,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         if trial.trial_id in self._warm:
             return action
         if action != TrialScheduler.CONTINUE:
-            action = self._hedge(trial, before, t, v, action)
-            if action != TrialScheduler.CONTINUE and self._ranks_nothing(before, t):
-                return TrialScheduler.CONTINUE
-            return action
+            return self._hedge(trial, before, t, v, action)
         for rung in (r for r in self._rungs[1:] if before < r <= t):  # at the first, no gain to measure
             bars = []  # (the challenger's lead over a warm start there, the lead it needs)
             for key in self._warm & self._histories.keys():
@@ -145,27 +135,6 @@ class WarmStartASHA(AsyncHyperBandScheduler):
                              trial.trial_id, rung, self._time_attr, lead, min(margin, TIE_DB), margin, TIE_DB)
                 return action
         return action
-
-    def _ranks_nothing(self, before: float, t: float) -> bool:
-        """Whether the rung crossed since ``before`` (below ``max_t``) ranks nothing: every trial that
-        reached it is a residual model still at the noisy input there (:func:`~tuner.search.at_noisy_input`),
-        so ASHA's stop would rank a few tenths of a dB of start, not the models. Measured on the
-        residual U-Net spaces of ``benchmarks/versus/impulse_bsd68.yaml`` and ``cbsd68_s50.yaml``
-        (2026-12-06, seed 0): at the first rung (4.9 s) all five trials of each race were within 0.9 dB
-        of the noisy input and 0.52 of one another, and ASHA stopped three; the two it let through
-        were 0.8 and 1.0 dB apart by the second rung (15 s). Such a trial is judged at the next rung
-        instead."""
-        if self._identity is None or t >= self._max_t:
-            return False
-        rung = next((r for r in self._rungs if before < r <= t), None)
-        if rung is None:
-            return False
-        here = {key: v for key, v in ((key, value_at(h, rung)) for key, h in self._histories.items()) if v is not None}
-        if not all(key in self._residual and abs(v - self._identity) <= IDENTITY_DB for key, v in here.items()):
-            return False
-        log.info("%d trial(s) at %g %s, every one a residual model still at the noisy input's %.2f dB: no stop "
-                 "there, the next rung judges", len(here), rung, self._time_attr, self._identity)
-        return True
 
     def _hedge(self, trial, before: float, t: float, v: float, action: str) -> str:
         """``action`` (a stop), or CONTINUE for a residual challenger that has not left the noisy
