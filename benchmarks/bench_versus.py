@@ -248,21 +248,24 @@ class Deadline:
         predicted = SCORING_FACTOR * self.validations * val_s + 1.0 if val_s else 0.0
         return self.at - max(self.reserve_s, predicted)
 
-    def stop(self, trainer, chunk_s: float, val_s: float) -> bool:
+    def stop(self, trainer, val_s: float) -> bool:
         """Make a running ``fit`` end its training by :meth:`training_ends`.
 
-        ``fit`` has no wall-clock stop. When the trial's own budget would carry it past the deadline
-        and the next stretch of training (``chunk_s``: the wall time between its last two yields)
-        might cross it, the trainer's ``max_train_seconds`` is lowered to what the time left allows:
-        its batch loop stops there and validates, as Ray Tune's ``time_budget_s`` stops a trial. The
-        learning-rate schedule keeps the trial's own budget (the trainer's scheduler holds the
-        config it was built with): the run is cut, not shortened. This replaces ``Trainer.config``,
-        which ``fit`` does not document as settable: the one place this script leans on tuner's
-        internals (``tests/test_bench_versus.py`` fails if it stops working).
+        ``fit`` has no wall-clock stop. When the trial's own budget would carry it past the deadline,
+        the trainer's ``max_train_seconds`` is lowered to what the time left allows, at every yield
+        (so the end follows the pace measured so far): its batch loop stops there and validates, as
+        Ray Tune's ``time_budget_s`` stops a trial. The next stretch of training cannot be foreseen
+        from the last: under a budget in seconds ``fit`` validates further apart as a trial runs
+        (when a validation costs under ``tuner.train.VALIDATION_SHARE`` of the training since the
+        last), so waiting until the next stretch might cross the deadline let one Optuna trial run
+        40 s past W (``cbsd68_s50``, seed 1, 2026-12-06). The learning-rate schedule keeps the
+        trial's own budget (the trainer's scheduler holds the config it was built with): the run is
+        cut, not shortened. This replaces ``Trainer.config``, which ``fit`` does not document as
+        settable: the one place this script leans on tuner's internals (``tests/test_bench_versus.py``
+        fails if it stops working).
 
         Args:
             trainer: the ``Trainer`` of the epoch ``fit`` just yielded.
-            chunk_s: wall seconds between the last two yields.
             val_s: the last validation's seconds.
 
         Returns:
@@ -271,8 +274,8 @@ class Deadline:
         left = self.training_ends(val_s) - time.time()
         current = trainer.config.max_train_seconds
         needed = math.inf if current is None else (current - trainer.train_seconds) / TRAIN_SHARE + val_s
-        if needed <= left or left >= 2 * chunk_s + val_s:
-            return False  # the trial ends in time by itself, or the next stretch ends before the deadline
+        if needed <= left:
+            return False  # the trial ends in time by itself
         limit = trainer.train_seconds + max(1e-3, TRAIN_SHARE * (left - val_s) - 0.5)
         trainer.config = dataclasses.replace(trainer.config, max_train_seconds=limit)
         return True
@@ -316,14 +319,12 @@ def run_alone(spec: ExperimentSpec, data: Splits, deadline: float, reserve_s: fl
         raise SystemExit(f"alone: {seconds:.1f} s left to train: give the task more time")
     config = TrialConfig(**{**spec.base_config(), **(spec.start_from[0] if spec.start_from else {}),
                             "max_epochs": 100000, "max_train_seconds": round(seconds, 1)})
-    best, last, chunk, val_s, cut = Best(), time.time(), 0.0, 0.0, False
+    best, cut = Best(), False
     metrics: dict[str, Any] = {}
     for epoch in fit(config, data, noise, eval_seed=seed, threads=threads or cores()):
-        now = time.time()
-        chunk, last, metrics = now - last, now, epoch.metrics
-        val_s = metrics["val_seconds"]
+        metrics = epoch.metrics
         best.offer(epoch, config)
-        cut = clock.stop(epoch.trainer, chunk, val_s) or cut
+        cut = clock.stop(epoch.trainer, metrics["val_seconds"]) or cut
     if best.state is None:
         raise SystemExit("alone: no epoch finished without diverging")
     return {**score(spec, data, best.config, best.state), "trials": 1, "best_config": best.config.to_dict(),
@@ -389,10 +390,12 @@ def run_optuna(spec: ExperimentSpec, data: Splits, deadline: float, reserve_s: f
 
     def objective(trial: optuna.Trial) -> float:
         config = TrialConfig(**{**base, **{k: suggest(trial, k, d) for k, d in spec.search.items()}})
-        value, step, last, cut = -math.inf, -1, time.time(), False
-        for epoch in fit(config, data, noise, eval_seed=seed, threads=threads):
-            now, m = time.time(), epoch.metrics
-            chunk, last = now - last, now
+        value, step, cut = -math.inf, -1, False
+        # A trial Optuna starts shortly before the deadline stops there even before its first yield
+        # (fit's stop_at: the schedule still spans the trial's budget; budgets in seconds only).
+        stop_at = max(1e-3, TRAIN_SHARE * (clock.training_ends() - time.time()))
+        for epoch in fit(config, data, noise, eval_seed=seed, threads=threads, stop_at=stop_at):
+            m = epoch.metrics
             best.offer(epoch, config, trial.number)
             value = max(value, m[METRIC])
             trial.set_user_attr("epochs", m["epoch"])
@@ -401,7 +404,9 @@ def run_optuna(spec: ExperimentSpec, data: Splits, deadline: float, reserve_s: f
             trial.report(m[METRIC], step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-            cut = clock.stop(epoch.trainer, chunk, m["val_seconds"]) or cut
+            cut = clock.stop(epoch.trainer, m["val_seconds"]) or cut
+        if config.max_train_seconds is not None and m["train_seconds"] >= stop_at < config.max_train_seconds:
+            cut = True  # it reached stop_at (budgets in seconds only): the deadline ended it, not its own budget
         if cut:  # stopped by the deadline: what tuner tells its study too (tuner.study.end_running)
             trial.set_user_attr("stopped", "deadline")
             raise optuna.TrialPruned()
