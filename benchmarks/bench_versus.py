@@ -405,7 +405,8 @@ def run_optuna(spec: ExperimentSpec, data: Splits, deadline: float, reserve_s: f
             if trial.should_prune():
                 raise optuna.TrialPruned()
             cut = clock.stop(epoch.trainer, m["val_seconds"]) or cut
-        if config.max_train_seconds is not None and m["train_seconds"] >= stop_at < config.max_train_seconds:
+        if (config.max_train_seconds is not None and stop_at < config.max_train_seconds
+                and m["train_seconds"] >= stop_at):
             cut = True  # it reached stop_at (budgets in seconds only): the deadline ended it, not its own budget
         if cut:  # stopped by the deadline: what tuner tells its study too (tuner.study.end_running)
             trial.set_user_attr("stopped", "deadline")

@@ -18,6 +18,12 @@ from tuner.noise import Noise, NoiseKind
 _STRICT = ConfigDict(extra="forbid", strict=False)
 
 
+def residual_mode(value: Any) -> Any:
+    """``residual`` as :class:`TrialConfig` reads it: ``true`` and ``false``, the spelling of specs and
+    models from before pixel space (and of spaces that still search it), mean ``logit`` and ``none``."""
+    return {True: "logit", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
 @pydantic_dataclass(config=_STRICT, frozen=True)
 class TrialConfig:
     """Everything one trial needs: the hyperparameters the search turns, and their defaults."""
@@ -62,7 +68,7 @@ class TrialConfig:
     @field_validator("residual", mode="before")
     @classmethod
     def _residual_bool(cls, v: Any) -> Any:  # specs and models from before pixel space said true / false
-        return {True: "logit", False: "none"}.get(v, v) if isinstance(v, bool) else v
+        return residual_mode(v)
 
     def __post_init__(self) -> None:
         # Noise checks kind, level and level_max together: fail at load time, not in a trial.

@@ -31,7 +31,7 @@ from tuner.export import export_best
 from tuner.metrics import METRIC, MODE
 from tuner.noise import Noise
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
-from tuner.config import TrialConfig
+from tuner.config import TrialConfig, residual_mode
 from tuner.spec import ExperimentSpec
 from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
 from tuner.train import CheckpointCadence, fit, noisy_baseline, pick_device
@@ -311,10 +311,10 @@ def is_tie(lead: float, margin: float) -> bool:
 
 
 def is_residual(config: dict[str, Any]) -> bool:
-    """Whether a configuration is a residual model (``residual: pixel`` or ``logit``): it starts as the
-    identity. ``true`` and ``false``, the older spelling a space may still search
-    (``search_spaces/quickstart.yaml``), mean ``logit`` and ``none`` (:class:`tuner.config.TrialConfig`)."""
-    return config.get("residual", "none") not in ("none", False)
+    """Whether a configuration is a residual model (``residual: pixel`` or ``logit``, or ``true``, the
+    spelling ``search_spaces/quickstart.yaml`` searches: :func:`tuner.config.residual_mode`): it starts
+    as the identity."""
+    return residual_mode(config.get("residual", "none")) != "none"
 
 
 def at_noisy_input(config: dict[str, Any], value: float, identity: Optional[float]) -> bool:
@@ -362,10 +362,9 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
     histories = {k: h for k, h in histories.items() if h}
     if not histories:
         return None
-    for rung in sorted(rungs, reverse=True):
+    rung = judged_rung(histories, rungs)
+    if rung is not None:
         here = {k: v for k, v in ((k, value_at(h, rung)) for k, h in histories.items()) if v is not None}
-        if len(here) < 2:
-            continue
         best = max(here, key=here.get)
         warm = [k for k in here if k in incumbents]
         if best in incumbents or not warm:
@@ -374,6 +373,12 @@ def race_winner(histories: dict[str, list[tuple[float, float]]], rungs: list[flo
         margin = warm_start_margin(histories[prior], rung, rungs) or 0.0
         return prior if is_tie(here[best] - here[prior], margin) else best
     return max(histories, key=lambda k: max(v for _, v in histories[k]))
+
+
+def judged_rung(histories: dict[str, list[tuple[float, float]]], rungs: list[float]) -> Optional[float]:
+    """The highest of ``rungs`` that two or more trials reached (:func:`value_at`), where the race is
+    judged; None when no rung was reached by two."""
+    return max((r for r in rungs if sum(value_at(h, r) is not None for h in histories.values()) >= 2), default=None)
 
 
 def race_lead(histories: dict[str, list[tuple[float, float]]], rungs: list[float], challenger: str,
@@ -389,7 +394,7 @@ def race_lead(histories: dict[str, list[tuple[float, float]]], rungs: list[float
         challenger: the key of the trial that led.
         warm: the key of the warm start.
     """
-    rung = max(r for r in rungs if sum(value_at(h, r) is not None for h in histories.values()) >= 2)
+    rung = judged_rung(histories, rungs)
     lead = value_at(histories[challenger], rung) - value_at(histories[warm], rung)
     return rung, lead, warm_start_margin(histories[warm], rung, rungs) or 0.0
 
