@@ -11,7 +11,9 @@ steeply, its gain over one rung interval is several dB, and a challenger ahead b
 better model rather than a faster start (measured on ``benchmarks/versus/photos_notebook.yaml``, seed
 2: a U-Net that led the warm start by 2.13 dB at 13 training seconds, where the warm start had gained
 4.13 since the first rung, was stopped; trained alone on the race's schedule it led by 3.2 dB at the
-race's end). ASHA's own screening still applies at every rung.
+race's end). For the same reason no lead at all is a tie in mid-race where the warm start gained more than
+:data:`~tuner.search.STEEP_DB` over the interval (:func:`tuner.search.is_tie_in_mid_race`). ASHA's
+own screening still applies at every rung.
 
 A residual model (``residual: pixel`` or ``logit``) starts as the identity: its first validations
 score the noisy input itself. Under impulse noise it can sit there for tens of training seconds
@@ -42,7 +44,7 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_tie, is_warm_start,
+from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_tie_in_mid_race, is_warm_start,
                           not_past_noisy_input, value_at, warm_start_margin)
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
                 if margin is not None:
                     bars.append((v - value_at(warm, rung), margin))
             lead, margin = min(bars, default=(math.inf, 0.0))  # against the best warm start there
-            if is_tie(lead, margin):
+            if is_tie_in_mid_race(lead, margin):
                 action = self._hedge(trial, before, t, v, TrialScheduler.STOP)
                 if action == TrialScheduler.STOP:
                     log.info("trial %s stopped at %g %s: %+.2f dB against the warm start, no lead past a tie (more "

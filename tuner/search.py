@@ -270,6 +270,7 @@ WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
 LATE = "late"  # a late starter's second race interval, before the winner is named: <run>/late/
 IDENTITY_DB = 1.0  # a val_psnr within this of the noisy input's: the model has not left the identity yet
 TIE_DB = 0.6  # a lead over a warm start within this (and its margin): a tie (ties measured: 0.05-0.55 dB; a 0.75 lead, a better model)
+STEEP_DB = 2.0  # a warm start that gained more than this over a rung interval still climbs steeply: a lead there is no tie in mid-race
 LATE_SHARE = 1 / 3  # a late starter's second interval may take at most this share of the wall time the race left
 
 
@@ -305,9 +306,26 @@ def warm_start_margin(warm: list[tuple[float, float]], rung: float, rungs: Colle
 
 def is_tie(lead: float, margin: float) -> bool:
     """Whether a challenger's ``lead`` over a warm start is a tie: within the warm start's ``margin``
-    (:func:`warm_start_margin`) and within :data:`TIE_DB`. A tie keeps the warm start's place, at a
-    rung (:class:`tuner.scheduler.WarmStartASHA`) and at the race's end (:func:`race_winner`)."""
+    (:func:`warm_start_margin`) and within :data:`TIE_DB`. A tie keeps the warm start's place at the
+    race's end (:func:`race_winner`), and stops the challenger at a rung where the warm start is near
+    its plateau (:func:`is_tie_in_mid_race`)."""
     return lead <= min(margin, TIE_DB)
+
+
+def is_tie_in_mid_race(lead: float, margin: float) -> bool:
+    """Whether a challenger's ``lead`` over a warm start at a rung in mid-race is a tie
+    (:class:`tuner.scheduler.WarmStartASHA` stops it there): :func:`is_tie`, and, for a challenger
+    ahead, only where the warm start gained no more than :data:`STEEP_DB` since its previous rung.
+
+    Where the warm start still gains several dB per rung interval, where the curves stand says little
+    of where they end: a lead there is ASHA's to judge, as any other, and the race's end judges it
+    with the whole tie rule. Measured: the ties stopped at the headline's rungs were judged where the
+    warm start had gained 1.1-1.4 dB; on ``benchmarks/versus/conv_notebook.yaml`` (seed 1, 2026-12-06)
+    a challenger ahead by 0.59 dB at 7.2 training seconds, where the warm start had gained 5.18, was
+    stopped as a tie, and trained on alone to the race's end it scored 25.71 dB against the race's
+    winner's 24.36 (docs/benchmarks.md, "A lead on a steep curve"). A challenger behind the warm start
+    is a tie wherever it stands."""
+    return is_tie(lead, margin) and (lead <= 0 or margin <= STEEP_DB)
 
 
 def is_residual(config: dict[str, Any]) -> bool:
