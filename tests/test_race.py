@@ -127,6 +127,20 @@ def test_a_lead_past_a_tie_is_a_better_model_not_a_faster_start():
     assert race_winner({"w": warm, "c": [(t, v - 0.2) for t, v in challenger]}, rungs, ["w"]) == "w"  # 0.55
 
 
+def _stopped_at(scheduler, config: dict, history: list[tuple[float, float]]):
+    """Where ``scheduler`` (a :class:`tuner.scheduler.WarmStartASHA`) stops a new trial of ``config`` fed
+    ``history`` as ``(train_seconds, val_psnr)`` results; None: it ran through all of them."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    trial = Trial("trainable", config=config, stub=True)
+    scheduler.on_trial_add(None, trial)
+    for t, v in history:
+        if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
+            return t
+    return None
+
+
 def test_a_lead_on_a_steep_curve_is_no_tie():
     """The race of seed 002's recipe on the digits under impulse noise (benchmarks/versus/conv_notebook.yaml,
     seed 1, bench_versus, 2026-12-06 19:05; rungs 1.8, 7.2, 28.8 s, the race's end 57.9): a skip +
@@ -134,9 +148,6 @@ def test_a_lead_on_a_steep_curve_is_no_tie():
     gained 5.18 since the first rung. ASHA promoted it; the rule stopped it as a tie. Trained on alone
     (tuner.fit, 2026-12-07) it scored 25.71 dB at 54 s, where the race's winner, trained so too, scored 24.36: no tie
     at a rung where the warm start climbs more than STEEP_DB, and a challenger behind it still is one."""
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import TrialScheduler
-
     from tuner.scheduler import WarmStartASHA
 
     start_from = [{"width": 32, "latent_dim": 64, "skip": False, "batch_norm": False, "lr": 1e-3, "loss": "bce"}]
@@ -144,12 +155,7 @@ def test_a_lead_on_a_steep_curve_is_no_tie():
                               max_t=57.9, grace_period=1.8, reduction_factor=3)
 
     def feed(config, history):
-        trial = Trial("trainable", config=config, stub=True)
-        scheduler.on_trial_add(None, trial)
-        for t, v in history:
-            if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
-                return t
-        return None
+        return _stopped_at(scheduler, config, history)
 
     assert feed(start_from[0], [(1.7, 8.23), (1.8, 8.87), (7.3, 14.05), (15.1, 19.75), (22.7, 21.36)]) is None
     stuck = {**start_from[0], "loss": "l1"}  # at an all-black output's score: ASHA stops it
@@ -325,9 +331,6 @@ IMPULSE_L1 = [(4.86, 15.72), (14.52, 15.68), (32.13, 16.14), (43.67, 21.99), (63
 
 
 def test_no_hedge_where_a_residual_warm_start_has_left_the_noisy_input():
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import TrialScheduler
-
     from tuner.scheduler import WarmStartASHA
 
     def race(warm_config, warm_history):
@@ -337,12 +340,7 @@ def test_no_hedge_where_a_residual_warm_start_has_left_the_noisy_input():
                                   grace_period=4.83, reduction_factor=3)
 
         def run(config, history):
-            trial = Trial("trainable", config=config, stub=True)
-            scheduler.on_trial_add(None, trial)
-            for t, v in history:
-                if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
-                    return t
-            return None
+            return _stopped_at(scheduler, config, history)
 
         assert run({**start_from[0], **warm_config}, warm_history) == warm_history[-1][0]
         return run
@@ -382,8 +380,6 @@ def test_the_first_rung_ranks_residual_models_still_at_the_noisy_input():
     second rung (15.69-16.02 dB, where the warm start scored 23.07), and on colour sigma 50 the first
     rung's order held at the second for the best of five (14.92 then 22.0 dB); the 30-50 training seconds
     it cost the races left the search 0.11-0.26 dB lower than before. ASHA's first rung stands."""
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import TrialScheduler
 
     from tuner.scheduler import WarmStartASHA
 
@@ -394,13 +390,7 @@ def test_the_first_rung_ranks_residual_models_still_at_the_noisy_input():
                               grace_period=4.88, reduction_factor=3)
 
     def run(config, history):
-        """Where the scheduler stops the trial (None: it ran through ``history``)."""
-        trial = Trial("trainable", config={**unet, **config}, stub=True)
-        scheduler.on_trial_add(None, trial)
-        for t, v in history:
-            if scheduler.on_trial_result(None, trial, {"train_seconds": t, METRIC: v}) == TrialScheduler.STOP:
-                return t
-        return None
+        return _stopped_at(scheduler, {**unet, **config}, history)
 
     assert run(start_from[0], IMPULSE_0_WARM) == 76.16  # the warm start runs to the race's end
     assert [run(config, history) for config, history in IMPULSE_0_CHALLENGERS] == [4.91, 4.94, 14.67, 4.89]
