@@ -11,9 +11,9 @@ steeply, its gain over one rung interval is several dB, and a challenger ahead b
 better model rather than a faster start (measured on ``benchmarks/versus/photos_notebook.yaml``, seed
 2: a U-Net that led the warm start by 2.13 dB at 13 training seconds, where the warm start had gained
 4.13 since the first rung, was stopped; trained alone on the race's schedule it led by 3.2 dB at the
-race's end). For the same reason no lead at all is a tie in mid-race where the warm start gained more than
-:data:`~tuner.search.STEEP_DB` over the interval (:func:`tuner.search.is_tie_in_mid_race`). ASHA's
-own screening still applies at every rung.
+race's end). For the same reason a lead of any size is no tie in mid-race where the warm start
+gained more than :data:`~tuner.search.STEEP_DB` over the interval
+(:func:`tuner.search.is_tie_in_mid_race`). ASHA's own screening still applies at every rung.
 
 A residual model (``residual: pixel`` or ``logit``) starts as the identity: its first validations
 score the noisy input itself. Under impulse noise it can sit there for tens of training seconds
