@@ -189,13 +189,11 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         if (action == TrialScheduler.CONTINUE or self._identity is None or t >= self._max_t
                 or not before < first <= t or v >= self._identity):
             return action
-        here = [value_at(self._histories[key], first) for key in self._warm & self._histories.keys()]
-        here = [w for w in here if w is not None]
-        if not here or max(here) >= self._identity:
+        warm = self._warm_start_at(first)
+        if warm is None or warm >= self._identity:
             return action
         log.info("trial %s judged at the next rung, not at %g %s: %.2f dB, where the warm start scored %.2f, "
-                 "both under the noisy input's %.2f", trial.trial_id, first, self._time_attr, v, max(here),
-                 self._identity)
+                 "both under the noisy input's %.2f", trial.trial_id, first, self._time_attr, v, warm, self._identity)
         return TrialScheduler.CONTINUE
 
     def _plain_warm_start_at(self, rung: float) -> Optional[float]:
@@ -206,8 +204,10 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         start's 16.8 and 13.8, were hedged and sat at the noisy input to the race's end: seed 4's winner
         trained 272 s instead of 418), where the seed-1 U-Net that won after the race (16.2 dB) was
         above the warm start's 15.9."""
-        if not self._warm or self._residual_warm:
-            return None
+        return None if self._residual_warm else self._warm_start_at(rung)
+
+    def _warm_start_at(self, rung: float) -> Optional[float]:
+        """The best warm start's ``val_psnr`` at ``rung`` (None where none has reached it)."""
         here = [value_at(self._histories[key], rung) for key in self._warm & self._histories.keys()]
         return max((v for v in here if v is not None), default=None)
 
