@@ -278,6 +278,29 @@ def test_a_residual_challenger_still_at_the_noisy_input_is_judged_at_the_race_en
     assert feed2(add2(**unet), [(t, v + 1.2) for t, v in PHOTOS_UNET]) == 13.2
 
 
+def test_a_hedged_challenger_that_falls_back_is_stopped():
+    """The photo recipe's seed 3 (bench_versus, 2026-12-07, a 2-core AMD EPYC, twice): a residual model
+    (depth 3, batch norm, batches of 32) under the warm start and the noisy input at the first rung,
+    judged at the second, hedged there, then lost ground and sat under the noisy input to the race's
+    end, 53 of its 66 training seconds. A hedge bets on a model about to leave the noisy input; one
+    that scores less a rung interval later has not begun to, and is stopped there."""
+    dud = {"skip": False, "residual": "pixel", "loss": "mse", "depth": 3, "batch_size": 32}
+    for first, second, third in ((10.35, 17.48, 17.19), (10.47, 17.35, 15.91)):
+        add, feed, _ = _photos_race(PHOTOS_IDENTITY)
+        assert feed(add(**dud), [(4.4, first), (13.1, second), (39.3, third), (68.0, 16.34)]) == 39.3
+    # One sitting at the noisy input (within FALLBACK_DB of where it was) is still on the bet, as is one
+    # that climbs (PHOTOS_UNET: 18.19 at the second rung, 20.19 at the third).
+    add, feed, _ = _photos_race(PHOTOS_IDENTITY)
+    assert feed(add(**dud), [(4.4, 10.35), (13.1, 18.30), (39.3, 18.25), (68.0, 18.4)]) == 68.0  # the race's end
+    add, feed, _ = _photos_race(PHOTOS_IDENTITY)
+    assert feed(add(**dud), [(4.4, 10.35), *PHOTOS_UNET[1:]]) == 68.1
+    # One hedged at the first rung (above the warm start there), past the noisy input by the third:
+    # a few tenths lost there is a rung's noise on a model that has left it, not a fall back.
+    add, feed, _ = _photos_race(PHOTOS_IDENTITY)
+    assert feed(add(loss="l1"), [(4.4, 19.3)]) is None  # raises ASHA's first-rung cutoff over 17.31
+    assert feed(add(**dud), [(4.4, 17.31), (13.1, 21.9), (39.3, 21.5), (68.0, 26.0)]) == 68.0
+
+
 def test_no_hedge_without_the_noisy_input_score():
     add, feed, _ = _photos_race(None)  # what make_scheduler gives without a race's warm start
     assert feed(add(skip=True, residual="pixel"), PHOTOS_UNET) == 13.2
@@ -361,6 +384,36 @@ def test_a_first_rung_where_no_model_denoises_yet_stops_no_one():
     for config, first in ((skip_bn, 15.0), ({**skip_bn, "lr": 3e-3}, 16.0), ({**skip_bn, "lr": 4e-3}, 17.0)):
         assert run(config, [(1.82, first)]) is None
     assert run({**skip_bn, "lr": 1e-3}, [(1.82, 12.2)]) == 1.82
+
+
+def test_the_race_s_plan_pays_for_judging_at_the_next_rung():
+    """Judging a challenger at the next rung costs it one more rung interval; once the race has trained
+    what its plan holds (``budget.race_train_s``), ASHA's first rung stands again, so that trials not yet
+    started are drawn and screened before the race's limit cuts them."""
+    from tuner.budget import BudgetSpec
+    from tuner.scheduler import WarmStartASHA
+
+    # conv_notebook.yaml's budget in that run (bench_versus gave tuner 582 s of its 10 minutes)
+    b = BudgetSpec(time_budget_s=582, num_samples=12, reduction_factor=4, max_concurrent=1)
+    assert b.rungs == pytest.approx(CONV_RUNGS, abs=0.05) and b.race_seconds == 57.8
+    assert b.race_train_s == pytest.approx(0.965 * 0.3 * 582 - 20 - 12 * 3)  # 112.5 s: its wall less start-ups
+    assert BudgetSpec(time_budget_s=560, num_samples=12, max_concurrent=3).race_train_s == pytest.approx(
+        3 * (0.965 * 0.3 * 560 - 20 - 4 * 3))  # each slot's
+    assert BudgetSpec(time_budget_s=560, continue_best=False).race_train_s is None
+
+    start_from = [{"width": 32, "latent_dim": 64, "skip": False, "batch_norm": False, "lr": 1e-3, "loss": "bce"}]
+    scheduler = WarmStartASHA(start_from, b.rungs, identity_psnr=CONV_IDENTITY, time_attr="train_seconds",
+                              metric=METRIC, mode="max", max_t=b.race_seconds, grace_period=b.grace_period,
+                              reduction_factor=b.reduction_factor, plan_train_s=b.race_train_s)
+    assert _stopped_at(scheduler, start_from[0], CONV_WARM) == 57.83  # 57.8 of the plan's 112.5 s
+    spent = 57.83
+    for k in range(7):  # seven challengers judged at the next rung, and stopped there: 7.3 s each
+        config = {"width": 16, "latent_dim": 16, "skip": True, "batch_norm": True, "lr": 1e-3 + k * 1e-4, "loss": "l1"}
+        assert _stopped_at(scheduler, config, [(1.35, 7.51), (1.85, 8.4), (7.3, 9.88 - 0.1 * k)]) == 7.3
+        spent += 7.3
+    assert spent + 1.85 + (7.24 - 1.85) > b.race_train_s  # the eighth no longer fits in the plan: stopped where ASHA stops it
+    skip_bn = {"width": 16, "latent_dim": 16, "skip": True, "batch_norm": True, "lr": 2.25e-3, "loss": "l1"}
+    assert _stopped_at(scheduler, skip_bn, CONV_SKIP_BN) == 1.85
 
 
 # The impulse_bsd68 race, seed 0 (bench_versus, 2026-12-06 04:36, a 2-core AMD EPYC; 20% impulse noise, the

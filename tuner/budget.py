@@ -163,6 +163,15 @@ class BudgetSpec(Section):
         return self.time_budget_s
 
     @property
+    def race_train_s(self) -> Optional[float]:
+        """The race's planned training seconds, its slots together: what its wall time (``race_budget_s``)
+        leaves after Ray's start-up and the trials' set-ups, which ``race_seconds`` is sized to fill with
+        the first trial run to the end and the others screened by ASHA (None without a race)."""
+        if not self.continue_best:
+            return None
+        return self.max_concurrent * max(0.0, self._race_training(math.ceil(self.num_samples / self.max_concurrent)))
+
+    @property
     def race_limit_s(self) -> Optional[float]:
         """Ray Tune's ``time_budget_s`` for the race: :data:`RACE_OVERRUN` times its plan, so that a
         challenger ASHA promotes past the plan is judged at its rungs rather than cut after the first

@@ -32,7 +32,9 @@ it scores at least what the warm start does there (a plain model a few seconds i
 Beside a residual warm start none is hedged at the first rung (the warm start is at the identity
 there as well, and shows by the next rung how soon the family leaves it); and where that
 warm start has left the noisy input by a later rung, a residual challenger still there is slow for
-reasons of its own, and ASHA's screening stands too. One that loses the race, having left the noisy
+reasons of its own, and ASHA's screening stands too. A hedged challenger that scores less at a rung
+than at the one before (by more than :data:`FALLBACK_DB`) has not begun to leave the noisy input, and is stopped there
+(:meth:`WarmStartASHA._fell_back`). One that loses the race, having left the noisy
 input by its end, may still be on its way up: it trains on for one more race interval before the
 winner is named (:func:`tuner.search.continue_winner`).
 
@@ -41,6 +43,9 @@ input's ``val_psnr`` at the first rung, no model in the race denoises yet, and t
 fast each begins, not where it goes. A challenger under the noisy input there is judged at the next
 rung instead (one rung interval more each; there a residual one still at the noisy input may be
 hedged); where the warm start has passed it, ASHA's first rung stands (:meth:`WarmStartASHA._defer`).
+Each such deferral is paid out of the race's plan (``budget.race_train_s``, the training seconds its
+trials were sized for): once the race has trained that long, ASHA's first rung stands again, so that
+the trials TPE has not started yet are drawn and screened before the race's limit rather than cut by it.
 """
 from __future__ import annotations
 
@@ -56,6 +61,7 @@ from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_t
 log = logging.getLogger(__name__)
 
 HEDGED_PER_SLOT = 1  # hedged challengers per race, per trial running at once: each may cost a whole race_seconds
+FALLBACK_DB = 0.1  # a hedged challenger that loses more than this from one rung to the next is stopped (_fell_back)
 
 
 class WarmStartASHA(AsyncHyperBandScheduler):
@@ -76,6 +82,9 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         identity_psnr: the noisy validation images' own ``val_psnr`` (:func:`tuner.train.noisy_baseline`);
             None: no challenger is hedged.
         max_hedged: how many challengers may be hedged in the race (default: :data:`HEDGED_PER_SLOT`).
+        plan_train_s: the race's planned training seconds, its slots together
+            (:attr:`~tuner.budget.BudgetSpec.race_train_s`): a challenger is judged past the first rung
+            (:meth:`_defer`) only while the race's training so far and that rung interval fit in it; None: no bound.
         proven: configurations measured on this task already (a prior study's best,
             :func:`tuner.search.with_priors`): never stopped, judged at the race's end only, where
             they hold no lead against a tie (they are not warm starts). ASHA's
@@ -89,9 +98,11 @@ class WarmStartASHA(AsyncHyperBandScheduler):
     # A race pickled before proven configurations existed has none.
     _proven_points: tuple = ()
     _proven: frozenset = frozenset()
+    _plan_train_s: Optional[float] = None  # nor a plan
 
     def __init__(self, start_from: list[dict[str, Any]], rungs: list[float], identity_psnr: Optional[float] = None,
-                 max_hedged: int = HEDGED_PER_SLOT, proven: list[dict[str, Any]] = (), **kwargs: Any):
+                 max_hedged: int = HEDGED_PER_SLOT, proven: list[dict[str, Any]] = (),
+                 plan_train_s: Optional[float] = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._start_from = [dict(point) for point in start_from]
         self._proven_points = [dict(point) for point in proven]
@@ -103,6 +114,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         self._identity = identity_psnr
         self._max_hedged = max_hedged
         self._hedged: set[str] = set()
+        self._plan_train_s = plan_train_s
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -121,6 +133,8 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         history = self._histories.setdefault(trial.trial_id, [])
         before = history[-1][0] if history else -math.inf
         history.append((float(t), float(v)))
+        if trial.trial_id in self._hedged and self._fell_back(trial, before, t, v):
+            return TrialScheduler.STOP
         if trial.trial_id in self._proven or trial.trial_id in self._hedged:  # judged at the race's end only
             return TrialScheduler.CONTINUE if t < self._max_t else action
         if trial.trial_id in self._warm:
@@ -172,6 +186,28 @@ class WarmStartASHA(AsyncHyperBandScheduler):
                  "race's end", trial.trial_id, rung, self._time_attr, v, self._identity)
         return TrialScheduler.CONTINUE
 
+    def _fell_back(self, trial, before: float, t: float, v: float) -> bool:
+        """Whether a hedged challenger scores more than :data:`FALLBACK_DB` less at the rung crossed since
+        ``before`` than at the rung before it: a hedge bets that a model at the noisy input is about to
+        leave it, and one losing ground over a whole rung interval has not begun to. Measured on
+        ``benchmarks/versus/photos_notebook.yaml``, seed 3 (2026-12-07, a 2-core AMD EPYC, twice): a
+        residual model judged at the second rung (10.35 and 10.47 dB at the first), hedged there at 17.48
+        and 17.35, scored 17.19 and 15.91 at the third and sat under the noisy input's 18.33 to the race's
+        end, 53 of its 66 training seconds, while the race's limit cut its last trials. One still at the
+        noisy input that later left it changed by -0.04 dB over a rung interval (``impulse_bsd68``, l1,
+        15.72 then 15.68, then 21.99 at the next); those that left it gained several dB a rung. One that
+        has left it (by more than :data:`~tuner.search.IDENTITY_DB`) is a model on its way, judged at the
+        race's end whatever a rung's noise."""
+        rung = next((r for r in self._rungs[1:] if before < r <= t), None)
+        if rung is None:
+            return False
+        previous = value_at(self._histories[trial.trial_id], self._rungs[self._rungs.index(rung) - 1])
+        if previous is None or v >= previous - FALLBACK_DB or not not_past_noisy_input(trial.config, v, self._identity):
+            return False  # one past the noisy input has left it: the race's end judges it
+        log.info("trial %s stopped at %g %s, hedged: %.2f dB, %.2f less than at the rung before; it is not leaving "
+                 "the noisy input's %.2f", trial.trial_id, rung, self._time_attr, v, previous - v, self._identity)
+        return True
+
     def _defer(self, trial, before: float, t: float, v: float, action: str) -> str:
         """``action``, or CONTINUE (to be judged at the next rung) for a challenger stopped at the
         first rung where neither it nor any warm start has reached the noisy input's ``val_psnr``
@@ -184,13 +220,26 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         the next rung a residual one still at the noisy input may be hedged, as at any rung past the
         first: on ``benchmarks/versus/photos_notebook.yaml``, seed 1 (2026-12-07), the U-Net that wins
         that task as a late starter scored 15.54 at the first rung, under the warm start's 17.11 (so
-        not hedged there), and 17.95 at the second, where the noisy input scores 18.33."""
+        not hedged there), and 17.95 at the second, where the noisy input scores 18.33.
+
+        The race's plan pays for it (``plan_train_s``): a challenger is judged at the next rung only while
+        the race's training so far, and the interval to that rung, fit in it. Without that bound the
+        deferrals and the hedges they led to ran 7 of 9 races of 2026-12-07 to the race's limit
+        (1.5 times its plan), and on the photo recipe's seed 3 the limit cut the sixth trial, which had
+        won the race of the code before (37.18 dB against 33.69)."""
         first = self._rungs[0]
         if (action == TrialScheduler.CONTINUE or self._identity is None or t >= self._max_t
                 or not before < first <= t or v >= self._identity):
             return action
         warm = self._warm_start_at(first)
         if warm is None or warm >= self._identity:
+            return action
+        spent = sum(history[-1][0] for history in self._histories.values())  # the race's training so far
+        interval = next((r for r in self._rungs if r > t), self._max_t) - t
+        if self._plan_train_s is not None and spent + interval > self._plan_train_s:
+            log.info("trial %s stopped at %g %s, under the noisy input's %.2f as the warm start was: the race has "
+                     "trained %.0f of the %.0f s it planned, too little left to judge it at the next rung",
+                     trial.trial_id, first, self._time_attr, self._identity, spent, self._plan_train_s)
             return action
         log.info("trial %s judged at the next rung, not at %g %s: %.2f dB, where the warm start scored %.2f, "
                  "both under the noisy input's %.2f", trial.trial_id, first, self._time_attr, v, warm, self._identity)

@@ -706,7 +706,8 @@ def make_scheduler(spec: ExperimentSpec, identity_psnr: Optional[float] = None,
         from tuner.scheduler import HEDGED_PER_SLOT, WarmStartASHA
 
         return WarmStartASHA(spec.start_from, b.rungs, identity_psnr=identity_psnr,
-                             max_hedged=HEDGED_PER_SLOT * b.max_concurrent, proven=proven, **kwargs)
+                             max_hedged=HEDGED_PER_SLOT * b.max_concurrent, proven=proven,
+                             plan_train_s=b.race_train_s, **kwargs)
     return ASHAScheduler(**kwargs)
 
 
