@@ -168,7 +168,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         too, and shows by the next how soon this family leaves."""
         if len(self._hedged) >= self._max_hedged or t >= self._max_t or self._identity is None:
             return action
-        rung = next((r for r in self._rungs if before < r <= t), None)
+        rung = self._rung_crossed(before, t)
         if rung is None:
             return action
         if rung == self._rungs[0]:
@@ -198,8 +198,8 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         15.72 then 15.68, then 21.99 at the next); those that left it gained several dB a rung. One that
         has left it (by more than :data:`~tuner.search.IDENTITY_DB`) is a model on its way, judged at the
         race's end whatever a rung's noise."""
-        rung = next((r for r in self._rungs[1:] if before < r <= t), None)
-        if rung is None:
+        rung = self._rung_crossed(before, t)
+        if rung is None or rung == self._rungs[0]:
             return False
         previous = value_at(self._histories[trial.trial_id], self._rungs[self._rungs.index(rung) - 1])
         if previous is None or v >= previous - FALLBACK_DB or not not_past_noisy_input(trial.config, v, self._identity):
@@ -244,6 +244,10 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         log.info("trial %s judged at the next rung, not at %g %s: %.2f dB, where the warm start scored %.2f, "
                  "both under the noisy input's %.2f", trial.trial_id, first, self._time_attr, v, warm, self._identity)
         return TrialScheduler.CONTINUE
+
+    def _rung_crossed(self, before: float, t: float) -> Optional[float]:
+        """The lowest rung a trial crossed between its report at ``before`` and this one at ``t`` (None: none)."""
+        return next((r for r in self._rungs if before < r <= t), None)
 
     def _plain_warm_start_at(self, rung: float) -> Optional[float]:
         """The best warm start's ``val_psnr`` at ``rung`` where every warm start is a plain model (None
