@@ -2,7 +2,7 @@
 ``race_share`` of it, whose trials stop at ``race_seconds`` (ASHA's max_t), then the race's best
 trial resumes from its checkpoint, as one more Ray Tune experiment (``<run>/winner/``), and trains
 for the rest of the budget, its schedule spanning the whole. Real Ray Tune, Optuna, ASHA and
-PyTorch on scikit-learn's digits; the judge (:func:`tuner.search.race_winner`) on plain histories."""
+PyTorch on scikit-learn's digits; the judge (:func:`tuner.race.race_winner`) on plain histories."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,9 @@ import yaml
 import tuner
 from tuner.metrics import METRIC, MODE
 from tuner.budget import CONTINUE_START_S, TRAINING_SHARE
-from tuner.search import (STEEP_DB, TIE_DB, WINNER, continuation_seconds, is_residual, latest_checkpoint, race_lead,
-                          race_winner, warm_start_margin)
+from tuner.race import (STEEP_DB, TIE_DB, continuation_seconds, is_residual, race_lead, race_winner,
+                        warm_start_margin)
+from tuner.search import WINNER, latest_checkpoint
 from tuner.spec import load_spec
 
 from test_reliability import _Search  # the killed-search helper
@@ -539,7 +540,7 @@ PHOTOS_LATE_1_ON = [(80.0, 23.9), (100.0, 27.82), (130.0, 32.03), (150.1, 31.13)
 
 
 def test_a_late_starter_that_lost_the_race_is_found_and_judged_after_one_more_interval():
-    from tuner.search import IDENTITY_DB, late_start_bar, late_starter, value_at
+    from tuner.race import IDENTITY_DB, late_start_bar, late_starter, value_at
 
     unet = {"residual": "pixel", "skip": True}
     histories = {"w": PHOTOS_WARM_1, "u": PHOTOS_LATE_1, "p": [(4.4, 16.0), (13.2, 18.5), (39.4, 19.0), (68.3, 20.5)],
@@ -643,9 +644,10 @@ def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
 def test_a_late_starter_trains_on_from_where_the_race_left_it_and_is_judged_by_the_bar(race_run, tmp_path):
     """The late starter's second interval, for real: a race trial that lost trains on from its latest
     checkpoint to twice race_seconds (<run>/late/, its schedule unchanged) and takes the winner's place
-    only if its score there clears :func:`tuner.search.late_start_bar`."""
+    only if its score there clears :func:`tuner.race.late_start_bar`."""
     from tuner.data import load_dataset
-    from tuner.search import LATE, _history, _train_late_starter, late_start_bar
+    from tuner.race import late_start_bar
+    from tuner.search import LATE, _history, _train_late_starter
 
     result, spec = race_run
     b = spec.budget

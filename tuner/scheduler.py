@@ -2,8 +2,8 @@
 
 In a race (``budget.continue_best``) the winner continues alone, and a warm start (the spec's
 ``start_from``, the user's prior) keeps its place at the race's end against a tie: a challenger that
-leads it by no more than it gained since its previous rung (:func:`tuner.search.warm_start_margin`)
-and no more than :data:`~tuner.search.TIE_DB` (:func:`tuner.search.race_winner`). ASHA alone would
+leads it by no more than it gained since its previous rung (:func:`tuner.race.warm_start_margin`)
+and no more than :data:`~tuner.race.TIE_DB` (:func:`tuner.race.race_winner`). ASHA alone would
 promote a challenger that ties the warm start rung after rung, to lose there: :class:`WarmStartASHA`
 stops it at the first rung past the first where it ties, so its training seconds go to the winner
 instead. A larger lead is not judged by the margin alone: while the warm start is still climbing
@@ -12,8 +12,8 @@ better model rather than a faster start (measured on ``benchmarks/versus/photos_
 2: a U-Net that led the warm start by 2.13 dB at 13 training seconds, where the warm start had gained
 4.13 since the first rung, was stopped; trained alone on the race's schedule it led by 3.2 dB at the
 race's end). For the same reason a lead of any size is no tie in mid-race where the warm start
-gained more than :data:`~tuner.search.STEEP_DB` over the interval
-(:func:`tuner.search.is_tie_in_mid_race`). ASHA's own screening still applies at every rung.
+gained more than :data:`~tuner.race.STEEP_DB` over the interval
+(:func:`tuner.race.is_tie_in_mid_race`). ASHA's own screening still applies at every rung.
 
 A residual model (``residual: pixel`` or ``logit``) starts as the identity: its first validations
 score the noisy input itself. Under impulse noise it can sit there for tens of training seconds
@@ -21,7 +21,7 @@ before it learns which pixels are corrupted, then overtake every plain autoencod
 ``benchmarks/versus/photos_notebook.yaml``, 10% impulse noise: a residual U-Net scored 18.6 dB at 13
 training seconds, the noisy input's 18.3, then 22.1 at 39 s and 30.4 at 68 s, where the warm start, a
 plain autoencoder, scored 20.5, 24.2 and 25.0). Its score at a rung then says when it will start,
-not where it will end: a challenger still within :data:`tuner.search.IDENTITY_DB` of the noisy input
+not where it will end: a challenger still within :data:`tuner.race.IDENTITY_DB` of the noisy input
 at a rung past the first is not stopped there but **hedged**, judged only at the race's end
 (Hyperband's bracket without early stopping), for at most :data:`HEDGED_PER_SLOT` challengers per
 trial running at once. At the first rung no residual model has trained long enough to leave the
@@ -55,8 +55,8 @@ from typing import Any, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from tuner.search import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_tie_in_mid_race, is_warm_start,
-                          not_past_noisy_input, value_at, warm_start_margin)
+from tuner.race import (IDENTITY_DB, TIE_DB, at_noisy_input, is_residual, is_tie_in_mid_race, is_warm_start,
+                        not_past_noisy_input, value_at, warm_start_margin)
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ FALLBACK_DB = 0.1  # a hedged challenger that loses more than this from one rung
 
 class WarmStartASHA(AsyncHyperBandScheduler):
     """Asynchronous ASHA that also stops a challenger at a rung past the first where it ties the best
-    warm start: leads it by no more than :func:`~tuner.search.warm_start_margin` (the lead
-    :func:`~tuner.search.race_winner` asks of it at the race's end) and no more than
-    :data:`~tuner.search.TIE_DB`.
+    warm start: leads it by no more than :func:`~tuner.race.warm_start_margin` (the lead
+    :func:`~tuner.race.race_winner` asks of it at the race's end) and no more than
+    :data:`~tuner.race.TIE_DB`.
     Measured on the headline task (``bsd68.yaml``), ASHA alone promoted two challengers that tied the
     warm start to the race's end (ahead by 0.20-0.44 dB at 55 s): 456 of the search's 1754 training
     seconds, lost.
@@ -161,7 +161,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
     def _hedge(self, trial, before: float, t: float, v: float, action: str) -> str:
         """``action`` (a stop), or CONTINUE for a residual challenger that has not left the noisy
         input's ``val_psnr`` at the rung crossed since ``before``, while hedges are left: at a rung
-        past the first, one still within :data:`~tuner.search.IDENTITY_DB` of it; at the first, where
+        past the first, one still within :data:`~tuner.race.IDENTITY_DB` of it; at the first, where
         the race's warm starts are all plain models, one at most that far above it and at least where
         the warm start is (below the noisy input too: a residual model with batch norm starts there).
         With a residual warm start, ASHA's screening stands at the first rung: the warm start is there
@@ -196,7 +196,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         end, 53 of its 66 training seconds, while the race's limit cut its last trials. One still at the
         noisy input that later left it changed by -0.04 dB over a rung interval (``impulse_bsd68``, l1,
         15.72 then 15.68, then 21.99 at the next); those that left it gained several dB a rung. One that
-        has left it (by more than :data:`~tuner.search.IDENTITY_DB`) is a model on its way, judged at the
+        has left it (by more than :data:`~tuner.race.IDENTITY_DB`) is a model on its way, judged at the
         race's end whatever a rung's noise."""
         rung = self._rung_crossed(before, t)
         if rung is None or rung == self._rungs[0]:
@@ -266,7 +266,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
 
     def _warm_start_left_identity(self, rung: float) -> bool:
         """Whether a residual warm start scored above the noisy input (by more than
-        :data:`~tuner.search.IDENTITY_DB`) at ``rung``: how long a residual model takes to leave the
+        :data:`~tuner.race.IDENTITY_DB`) at ``rung``: how long a residual model takes to leave the
         identity is then measured on this task, and a residual challenger still there is slow for
         reasons of its own (an l1 loss under impulse noise, which the identity already scores zero
         on every clean pixel; a low learning rate), not for its family's start. Measured on
