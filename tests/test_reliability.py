@@ -541,18 +541,29 @@ def _trial_rows(run: Path) -> dict[str, list[dict]]:
     return {t: _rows(d / "result.json") for t, d in _trial_dirs(run).items()}
 
 
+def _no_epoch_lost(epochs: list[int], cut: int, max_epochs: int) -> bool:
+    """Whether a trial whose worker died before its row ``cut`` reported every epoch once, but for at
+    most the epoch at the cut: each epoch is checkpointed, and the restart begins right after the last
+    checkpoint Ray Tune registered. The worker writes a checkpoint before it reports, but the driver
+    logs the report's row first and registers the checkpoint as the trial's latest only when a second
+    call to the worker (its ``save``, ray/tune/execution/tune_controller.py) returns: a kill in between
+    redoes that one epoch and loses none (a CI run of 2026-12-07: epochs 1, 2, 3, 3, 4, ...)."""
+    before, after = epochs[:cut], epochs[cut:]
+    once = list(range(1, max_epochs + 1))
+    return before + after == once or (bool(before and after) and after[0] == before[-1]
+                                      and before + after[1:] == once)
+
+
 def test_killed_trial_worker_restarts_from_its_checkpoint(faulty_search):
     run, spec, victim = faulty_search["run"], faulty_search["spec"], faulty_search["victim"]
     assert victim, "no trial was seen mid-run, so no worker was killed"
     rows = _trial_rows(run)[victim["trial_id"]]
     epochs = [r["epoch"] for r in rows]
-    # Every epoch reported exactly once: the restart began right after the last checkpoint
-    # (each epoch is checkpointed), so no finished epoch was lost or redone.
-    assert epochs == list(range(1, spec.budget.max_epochs + 1)), epochs
     pids = [r["pid"] for r in rows]
     cut = pids.index(next(p for p in pids if p != victim["pid"]))  # first row from the new worker
     assert set(pids[:cut]) == {victim["pid"]} and victim["pid"] not in pids[cut:]
     assert cut in (victim["epoch"], victim["epoch"] + 1)  # it may have reported one more epoch before dying
+    assert _no_epoch_lost(epochs, cut, spec.budget.max_epochs), epochs
     assert rows[cut]["iterations_since_restore"] == 1  # a restore, not a continuation
     state = _experiment_state(run)[victim["trial_id"]]
     assert state["status"] == "TERMINATED" and state["num_failures"] == 1, state
@@ -573,8 +584,15 @@ def test_diverged_trial_ends_with_worst_score_and_search_goes_on(faulty_search):
         assert math.isnan(rows[t][0]["train_loss"]) or math.isinf(rows[t][0]["train_loss"])
     worst_healthy = min(max(r[METRIC] for r in rows[t]) for t in healthy)
     assert all(rows[t][0][METRIC] < worst_healthy for t in diverged)
-    for t in healthy:  # unaffected: every epoch ran, none diverged
-        assert [r["epoch"] for r in rows[t]] == list(range(1, spec.budget.max_epochs + 1))
+    victim = faulty_search["victim"] or {}
+    for t in healthy:  # unaffected: every epoch ran, none diverged (the killed worker's trial: once, but the cut)
+        epochs = [r["epoch"] for r in rows[t]]
+        if t == victim.get("trial_id"):
+            pids = [r["pid"] for r in rows[t]]
+            assert _no_epoch_lost(epochs, pids.index(next(p for p in pids if p != victim["pid"])),
+                                  spec.budget.max_epochs), epochs
+        else:
+            assert epochs == list(range(1, spec.budget.max_epochs + 1)), epochs
         assert not any(r["diverged"] for r in rows[t]) and all(r[METRIC] > 0 for r in rows[t])
     state = _experiment_state(run)
     assert all(state[t]["status"] == "TERMINATED" for t in rows)  # a divergence is a result, not an error
