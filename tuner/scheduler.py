@@ -229,7 +229,7 @@ class WarmStartASHA(AsyncHyperBandScheduler):
         won the race of the code before (37.18 dB against 33.69)."""
         first = self._rungs[0]
         if (action == TrialScheduler.CONTINUE or self._identity is None or t >= self._max_t
-                or not before < first <= t or v >= self._identity):
+                or self._rung_crossed(before, t) != first or v >= self._identity):
             return action
         warm = self._warm_start_at(first)
         if warm is None or warm >= self._identity:
