@@ -8,6 +8,7 @@ that a chi-square test with a fixed seed is decisive, and deterministic.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -168,6 +169,27 @@ def test_under_a_time_budget_validation_waits_until_it_costs_little():
     assert rows[-1]["train_seconds"] >= 1.5  # ended by the budget, validated
     total_val = sum(m["val_seconds"] for m in rows[1:])
     assert total_val <= 2 * VALIDATION_SHARE / (1 - VALIDATION_SHARE) * rows[-1]["train_seconds"] + rows[0]["val_seconds"]
+
+
+def test_a_continued_trial_keeps_its_validation_cadence():
+    """A trial continued from its checkpoint in a new ``fit`` (a resume, the race's winner) keeps the
+    validation cost it measured: its first validation waits as the ones before did, rather than
+    coming after one epoch to time a cold validation again."""
+    data = _photos(val_images=6, val_side=256, patches=8)  # one batch of 8 crops an epoch
+    config = TrialConfig(width=4, depth=1, latent_dim=4, batch_size=8, residual="pixel", max_epochs=100000,
+                         max_train_seconds=3.0)
+    first = list(fit(config, data, Noise("gaussian", 0.1), threads=1, stop_at=1.0))
+    assert first[-1].final and 1.0 <= first[-1].metrics["train_seconds"] < 3.0
+    buffer = io.BytesIO()
+    torch.save(first[-1].checkpoint(), buffer)  # as a checkpoint is written and read back
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["val_cost"] == pytest.approx(min(e.metrics["val_seconds"] for e in first))
+    rows = [e.metrics for e in fit(config, data, Noise("gaussian", 0.1), threads=1, checkpoint=state)]
+    assert rows[-1]["train_seconds"] >= 3.0
+    assert rows[0]["epoch"] > first[-1].metrics["epoch"] + 1  # epochs merged before its first validation
+    total_val = sum(m["val_seconds"] for m in rows[:-1])
+    assert total_val <= 2 * VALIDATION_SHARE / (1 - VALIDATION_SHARE) * rows[-1]["train_seconds"]
 
 
 def test_checkpoints_come_on_a_new_best_at_the_end_and_at_least_every_n_seconds(digits):

@@ -266,6 +266,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
             "samples_seen": self.samples_seen,
+            "val_cost": self.val_cost,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -294,6 +295,11 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.wall_seconds = float(state.get("wall_seconds", self.train_seconds))
         self.samples_seen = int(state.get("samples_seen", 0))
+        # The validation's cost as measured before (None in checkpoints older than it): a trial that
+        # continues in a new process (a resume, the race's winner) keeps its cadence, rather than
+        # timing its first, cold validation and waiting ~39 times that for the next.
+        if state.get("val_cost") is not None:
+            self.val_cost = float(state["val_cost"])
 
 
 @dataclass
