@@ -121,8 +121,10 @@ class Trainer:
         self.val = EvalSet.make(data.val, eval_noise, eval_seed, self.device)
         self.val_seconds = 0.0  # the last validation's cost (reported)
         # A validation's cost, the cheapest seen (the same images every time; the first pays one-off
-        # costs such as torchmetrics' import): sets the cadence of validations under time budgets.
-        self.val_cost: Optional[float] = None  # none yet: the first epoch validates
+        # costs such as torchmetrics' import), kept in the checkpoint: sets the cadence of validations
+        # under time budgets. The first epoch in this process validates whatever it costs.
+        self.val_cost: Optional[float] = None
+        self.validated = False
         self.noise = config.train_noise(eval_noise)
         self.amp_dtype = amp = autocast_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
@@ -171,7 +173,8 @@ class Trainer:
         last = self.train_seconds - trained  # where the last validation was
         if any(last < m <= self.train_seconds for m in self.milestones):
             return True
-        return self.val_cost is None or trained * VALIDATION_SHARE >= self.val_cost * (1 - VALIDATION_SHARE)
+        return (not self.validated or self.val_cost is None
+                or trained * VALIDATION_SHARE >= self.val_cost * (1 - VALIDATION_SHARE))
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch (ended early when a ``max_train_seconds`` budget runs out) and evaluate
@@ -242,6 +245,7 @@ class Trainer:
         now = time.perf_counter()
         self.val_seconds = now - val_start
         self.val_cost = self.val_seconds if self.val_cost is None else min(self.val_cost, self.val_seconds)
+        self.validated = True
         self.wall_seconds += now - self._clock
         self._clock = now
         metrics.update(
@@ -296,8 +300,8 @@ class Trainer:
         self.wall_seconds = float(state.get("wall_seconds", self.train_seconds))
         self.samples_seen = int(state.get("samples_seen", 0))
         # The validation's cost as measured before (None in checkpoints older than it): a trial that
-        # continues in a new process (a resume, the race's winner) keeps its cadence, rather than
-        # timing its first, cold validation and waiting ~39 times that for the next.
+        # continues in a new process (a resume, the race's winner) keeps its cadence after its first
+        # validation there, rather than timing that cold one and waiting ~39 times it for the next.
         if state.get("val_cost") is not None:
             self.val_cost = float(state["val_cost"])
 
