@@ -121,9 +121,11 @@ def _race(time_budget_s: float, num_samples: int, max_concurrent: int, reduction
 @pytest.mark.parametrize("race_share", [0.3, 0.5])
 def test_the_rule(tmp_path, num_samples, max_concurrent, reduction_factor, race_share):
     """race_seconds as :func:`_race`, grace = race / rf**2.5, max_train_seconds = race + 0.965
-    (1 - race_share) time_budget_s - the winner's start, 3 significant figures."""
+    (1 - race_share) time_budget_s - the winner's start, 3 significant figures (one trial races when
+    asked to: ``continue_best: true``)."""
     b = load_budget(tmp_path, time_budget_s=1000, num_samples=num_samples, max_concurrent=max_concurrent,
-                    reduction_factor=reduction_factor, race_share=race_share)
+                    reduction_factor=reduction_factor, race_share=race_share,
+                    **({"continue_best": True} if num_samples == 1 else {}))
     race = _race(1000, num_samples, max_concurrent, reduction_factor, race_share)
     assert b.race_seconds == pytest.approx(race, rel=5e-3)
     assert b.grace_period == pytest.approx(race / reduction_factor ** FIRST_RUNG_DEPTH, rel=5e-3)
@@ -141,6 +143,15 @@ def test_no_room_for_a_race_is_the_search_without_one(tmp_path):
     assert (b.continue_best, b.race_seconds, b.max_train_seconds, b.max_t) == (False, None, 46.1, 46.1)
     msg = spec_error(spec_file(tmp_path, {**ONE_NUMBER, "time_budget_s": 60, "continue_best": True}))
     assert "budget: time_budget_s 60 leaves the race (0.3 of it) no training time" in msg, msg
+
+
+def test_one_trial_trains_the_whole_budget_without_a_race(tmp_path):
+    """One trial has no one to race: time_budget_s alone gives it the whole budget in one go (a race
+    of one, then its continuation in a new Tune experiment, would only add the continuation's start)."""
+    b = load_budget(tmp_path, **{**ONE_NUMBER, "num_samples": 1})
+    assert (b.continue_best, b.race_seconds, b.max_train_seconds, b.max_t) == (False, None, 1620.0, 1620.0)
+    assert b.time_attr == "train_seconds" and b.grace_period == pytest.approx(1620 / 3 ** FIRST_RUNG_DEPTH, rel=5e-3)
+    assert load_budget(tmp_path, **{**ONE_NUMBER, "num_samples": 2}).continue_best
 
 
 @pytest.mark.parametrize("num_samples, max_concurrent, reduction_factor",

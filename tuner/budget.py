@@ -70,7 +70,8 @@ class BudgetSpec(Section):
     # time_budget_s, whose trials stop at race_seconds (ASHA's max_t, its rungs below it); then the
     # race's best trial continues from its checkpoint to the end of the budget, its schedules spanning
     # max_train_seconds from its first step, so the race costs only what the losers trained.
-    # Default: on when time_budget_s alone sets the budget; race_seconds and max_train_seconds derived.
+    # Default: on when time_budget_s alone sets the budget for more than one trial; race_seconds and
+    # max_train_seconds derived.
     continue_best: Optional[bool] = None
     race_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
     race_seconds: Optional[Annotated[float, Field(gt=0.0, le=1e7)]] = None
@@ -81,8 +82,10 @@ class BudgetSpec(Section):
         given = set(self.model_fields_set)  # what the spec set, before the assignments below add to it
         in_seconds = (self.time_attr == "train_seconds" if "time_attr" in given else "max_epochs" not in given)
         derived = self.time_budget_s is not None and self.max_train_seconds is None and in_seconds
-        if self.continue_best is None:  # on when time_budget_s alone sets the budget and a race fits in it
-            self.continue_best = derived and self._race_training(math.ceil(self.num_samples / self.max_concurrent)) > 0
+        if self.continue_best is None:  # on when time_budget_s alone sets the budget, a race fits in it, and
+            # there is more than one trial to race (one trial trains the whole budget in one go, not in two)
+            self.continue_best = (derived and self.num_samples > 1
+                                  and self._race_training(math.ceil(self.num_samples / self.max_concurrent)) > 0)
         if self.continue_best:
             self._derive_race(given)
         elif self.race_seconds is not None:
