@@ -173,8 +173,7 @@ class Trainer:
         last = self.train_seconds - trained  # where the last validation was
         if any(last < m <= self.train_seconds for m in self.milestones):
             return True
-        return (not self.validated or self.val_cost is None
-                or trained * VALIDATION_SHARE >= self.val_cost * (1 - VALIDATION_SHARE))
+        return not self.validated or trained * VALIDATION_SHARE >= self.val_cost * (1 - VALIDATION_SHARE)
 
     def train_epoch(self) -> dict[str, Any]:
         """Train one epoch (ended early when a ``max_train_seconds`` budget runs out) and evaluate
