@@ -554,13 +554,19 @@ def _no_epoch_lost(epochs: list[int], cut: int, max_epochs: int) -> bool:
                                       and before + after[1:] == once)
 
 
+def _first_restarted_row(rows: list[dict], pid: int) -> int:
+    """The index of a killed worker's trial's first row from its new worker (``pid``: the killed one)."""
+    pids = [r["pid"] for r in rows]
+    return pids.index(next(p for p in pids if p != pid))
+
+
 def test_killed_trial_worker_restarts_from_its_checkpoint(faulty_search):
     run, spec, victim = faulty_search["run"], faulty_search["spec"], faulty_search["victim"]
     assert victim, "no trial was seen mid-run, so no worker was killed"
     rows = _trial_rows(run)[victim["trial_id"]]
     epochs = [r["epoch"] for r in rows]
     pids = [r["pid"] for r in rows]
-    cut = pids.index(next(p for p in pids if p != victim["pid"]))  # first row from the new worker
+    cut = _first_restarted_row(rows, victim["pid"])
     assert set(pids[:cut]) == {victim["pid"]} and victim["pid"] not in pids[cut:]
     assert cut in (victim["epoch"], victim["epoch"] + 1)  # it may have reported one more epoch before dying
     assert _no_epoch_lost(epochs, cut, spec.budget.max_epochs), epochs
@@ -588,9 +594,7 @@ def test_diverged_trial_ends_with_worst_score_and_search_goes_on(faulty_search):
     for t in healthy:  # unaffected: every epoch ran, none diverged (the killed worker's trial: once, but the cut)
         epochs = [r["epoch"] for r in rows[t]]
         if t == victim.get("trial_id"):
-            pids = [r["pid"] for r in rows[t]]
-            assert _no_epoch_lost(epochs, pids.index(next(p for p in pids if p != victim["pid"])),
-                                  spec.budget.max_epochs), epochs
+            assert _no_epoch_lost(epochs, _first_restarted_row(rows[t], victim["pid"]), spec.budget.max_epochs), epochs
         else:
             assert epochs == list(range(1, spec.budget.max_epochs + 1)), epochs
         assert not any(r["diverged"] for r in rows[t]) and all(r[METRIC] > 0 for r in rows[t])
