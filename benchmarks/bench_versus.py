@@ -110,6 +110,8 @@ TASKS = {t.name: t for t in [
          "5,000 MNIST digits (mnist5k), Gaussian 0.5, from seed 003's notebook recipe (a dense warm start not tuned for it)"),
     Task("conv_notebook", HERE / "versus" / "conv_notebook.yaml", 600,
          "5,000 MNIST digits (mnist5k), impulse noise on 20% of the pixels, from seed 002's notebook recipe (a warm start not tuned for it)"),
+    Task("digits_defaults", HERE / "versus" / "digits_defaults.yaml", 600,
+         "5,000 MNIST digits (mnist5k), Gaussian 0.5, from seed 001's notebook recipe, resources left at their defaults (two 1-CPU trials at once)"),
 ]}
 
 # The tuner arm's process spends time outside Ray Tune's time_budget_s: Python and torch imports and
