@@ -593,6 +593,25 @@ def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
     assert continuation_seconds(10.0, 5.0, clock, 1.0) == 10.0
 
 
+def test_the_winner_trains_on_the_cpus_of_every_race_slot():
+    """After the race the other slots are empty: the winner (or a late starter) is given their CPUs,
+    up to what one node has; a GPU trial keeps its share."""
+    from tuner.search import solo_resources
+    from tuner.spec import ExperimentSpec
+
+    def solo(budget: dict, resources: dict, node_cpus: float) -> dict:
+        spec = ExperimentSpec.model_validate({**RACE_SPEC, "budget": {**RACE_SPEC["budget"], **budget},
+                                              "resources": resources})
+        return solo_resources(spec, node_cpus)
+
+    assert solo({"max_concurrent": 2}, {"cpus_per_trial": 1}, 2) == {"cpu": 2, "gpu": 0}
+    assert solo({"max_concurrent": 8}, {"cpus_per_trial": 2}, 16) == {"cpu": 16, "gpu": 0}
+    assert solo({"max_concurrent": 8}, {"cpus_per_trial": 2}, 6) == {"cpu": 6, "gpu": 0}  # one node's worth
+    assert solo({"max_concurrent": 1}, {"cpus_per_trial": 2}, 16) == {"cpu": 2, "gpu": 0}  # the race's one slot
+    assert solo({"max_concurrent": 4}, {"cpus_per_trial": 4}, 0) == {"cpu": 4, "gpu": 0}  # no node now: its own
+    assert solo({"max_concurrent": 8}, {"cpus_per_trial": 2, "gpus_per_trial": 0.125}, 16) == {"cpu": 2, "gpu": 0.125}
+
+
 # ---------------------------------------------------------------- a real search
 
 @pytest.fixture(scope="module")
@@ -627,6 +646,12 @@ def test_a_time_budget_alone_races_then_the_winner_continues(race_run):
     assert rows[0]["epoch"] > min(r["epoch"] for r in raced)
     # From its latest checkpoint (one every epoch here), where the race left it, not its best validation.
     assert rows[0]["epoch"] == raced[-1]["epoch"] + 1
+    # On the CPUs of both race slots (2 trials at once of 1 CPU each), as far as the node has them.
+    import ray
+
+    node_cpus = int(ray.cluster_resources()["CPU"])
+    assert {r["threads"] for rows_ in race.values() for r in rows_} == {1}
+    assert {r["threads"] for r in rows} == {min(2, node_cpus)}
     # Its schedule spans the whole: it trained past the race to its own max_train_seconds, where the
     # cosine schedule ends (the learning rate near zero), having started mid-schedule (near the peak).
     config = json.loads((folder / "params.json").read_text())

@@ -80,6 +80,14 @@ def check_trial_fits(cpus: float, gpus: float, *, joined: bool) -> None:
     raise _infeasible(need, live, types, joined)
 
 
+def largest_node_cpus() -> float:
+    """The most CPUs one live node of the Ray cluster has (0 with none): where one trial can be given
+    more than ``cpus_per_trial`` (:func:`tuner.search.solo_resources`)."""
+    import ray
+
+    return max((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n["Alive"]), default=0.0)
+
+
 def autoscaler_node_types() -> Optional[list[NodeShape]]:
     """Worker node types the cluster's autoscaler may add: [] if none, None if it cannot tell."""
     from ray._private import state

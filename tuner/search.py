@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import torch
 
-from tuner.cluster import check_trial_fits
+from tuner.cluster import check_trial_fits, largest_node_cpus
 from tuner.data import Splits, load_dataset
 from tuner.export import export_best
 from tuner.metrics import METRIC, MODE
@@ -84,7 +84,7 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     cadence = CheckpointCadence(checkpoint_every_s)
     for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads, milestones=rungs,
                      stop_at=stop_at):
-        metrics = {**epoch.metrics, "node_id": node, "device": device}
+        metrics = {**epoch.metrics, "node_id": node, "device": device, "threads": torch.get_num_threads()}
         if continued_from:
             metrics["continued_from"] = continued_from
         if not cadence.due(epoch):
@@ -258,8 +258,9 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if b.continue_best:
         # Resumed: the race's time is not known, the winner gets its share; else what the race left.
         left = b.time_budget_s - (b.race_budget_s if resume else time.monotonic() - fit_start)
-        finals = continue_winner(spec, results, params, resources, run_dir, left_s=left, resume=resume,
-                                 verbose=verbose, identity=identity)
+        solo = solo_resources(spec, largest_node_cpus())
+        finals = continue_winner(spec, results, {**params, "threads": max(1, int(solo["cpu"]))}, solo, run_dir,
+                                 left_s=left, resume=resume, verbose=verbose, identity=identity)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best([*results, *finals], spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
@@ -270,6 +271,27 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
 WINNER = "winner"  # the continuation's Ray Tune experiment: <run>/winner/
 LATE = "late"  # a late starter's second race interval, before the winner is named: <run>/late/
 LATE_SHARE = 1 / 3  # a late starter's second interval may take at most this share of the wall time the race left
+
+
+def solo_resources(spec: ExperimentSpec, node_cpus: float) -> dict[str, float]:
+    """What a trial that trains alone after the race (the winner, a late starter) is given: on CPUs,
+    the CPUs of every slot the race ran (``cpus_per_trial`` x ``max_concurrent``), as far as one node
+    has them (``node_cpus``: :func:`tuner.cluster.largest_node_cpus`), and as many PyTorch threads.
+    The race's other slots are empty by then, and a model trained on two threads trains 1.4-1.5x the
+    crops a second it does on one (docs/benchmarks.md, "The winner trains on the race's slots"):
+    with the defaults (one CPU a trial, two at once) the winner would leave half a 2-core machine idle
+    for the rest of the budget. A GPU trial keeps its share (``gpus_per_trial``): alone on the device
+    it has the rest of it anyway.
+
+    Args:
+        spec: the experiment.
+        node_cpus: the most CPUs one live node has; no more than ``cpus_per_trial`` keeps a trial's.
+    """
+    r = spec.resources
+    cpus = r.cpus_per_trial
+    if r.gpus_per_trial == 0:
+        cpus = max(cpus, min(cpus * spec.budget.max_concurrent, math.floor(node_cpus)))
+    return {"cpu": cpus, "gpu": r.gpus_per_trial}
 
 
 def latest_checkpoint(result) -> Optional[tuple[Any, dict[str, Any]]]:
