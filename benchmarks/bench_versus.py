@@ -33,7 +33,9 @@ starts were not tuned for: impulse noise on the photos, sigma 50 in colour, the 
 quickstart with a time budget, and five warm starts a user brings from a notebook, far from the task's
 best: the digits from seed 001's recipe, colour photos with impulse noise from seed 000's, the
 digits at light, unclipped noise from seed 004's, the digits from seed 003's dense autoencoder, and
-the digits under impulse noise from seed 002's (trained on clean digits in its notebook).
+the digits under impulse noise from seed 002's (trained on clean digits in its notebook); and
+``digits_defaults``, seed 001's task as a user who leaves ``resources`` at their defaults writes it
+(two 1-CPU trials at once).
 ``--seeds`` replaces the spec's seed (searcher, trials, weights); the evaluation noise stays fixed.
 
 Each (task, seed, arm) is saved to ``benchmarks/out/versus/*.json`` as it finishes and skipped when

@@ -594,8 +594,8 @@ def test_the_winner_plans_its_training_at_the_share_it_trained_in_the_race():
 
 
 def test_the_winner_trains_on_the_cpus_of_every_race_slot():
-    """After the race the other slots are empty: the winner (or a late starter) is given their CPUs,
-    up to what one node has; a GPU trial keeps its share."""
+    """After the race the other slots are empty: the winner is given their CPUs, up to what one node
+    has; a GPU trial keeps its share. The real race below checks the threads its winner trained on."""
     from tuner.search import solo_resources
     from tuner.spec import ExperimentSpec
 

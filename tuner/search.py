@@ -258,9 +258,8 @@ def run_search(spec: ExperimentSpec, *, storage: str = "./runs", address: Option
     if b.continue_best:
         # Resumed: the race's time is not known, the winner gets its share; else what the race left.
         left = b.time_budget_s - (b.race_budget_s if resume else time.monotonic() - fit_start)
-        solo = solo_resources(spec, largest_node_cpus())
-        finals = continue_winner(spec, results, {**params, "threads": max(1, int(solo["cpu"]))}, solo, run_dir,
-                                 left_s=left, resume=resume, verbose=verbose, identity=identity)
+        finals = continue_winner(spec, results, params, resources, run_dir, left_s=left, resume=resume,
+                                 verbose=verbose, identity=identity)
     log.info("search %s finished: %d trials; exporting the best model", spec.name, len(results))
     best_dir, best_config, metrics = export_best([*results, *finals], spec, data, run_dir)
     return SearchResult(run_dir, best_dir, best_config, metrics, results)
@@ -274,14 +273,15 @@ LATE_SHARE = 1 / 3  # a late starter's second interval may take at most this sha
 
 
 def solo_resources(spec: ExperimentSpec, node_cpus: float) -> dict[str, float]:
-    """What a trial that trains alone after the race (the winner, a late starter) is given: on CPUs,
+    """What the race's winner is given to train on alone after the race: on CPUs,
     the CPUs of every slot the race ran (``cpus_per_trial`` x ``max_concurrent``), as far as one node
     has them (``node_cpus``: :func:`tuner.cluster.largest_node_cpus`), and as many PyTorch threads.
     The race's other slots are empty by then, and a model trained on two threads trains 1.4-1.5x the
     crops a second it does on one (docs/benchmarks.md, "The winner trains on the race's slots"):
     with the defaults (one CPU a trial, two at once) the winner would leave half a 2-core machine idle
     for the rest of the budget. A GPU trial keeps its share (``gpus_per_trial``): alone on the device
-    it has the rest of it anyway.
+    it has the rest of it anyway. A late starter's second interval keeps the race's resources: it is
+    judged against the winner's curve in training seconds, which the race measured on them.
 
     Args:
         spec: the experiment.
@@ -327,7 +327,8 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         spec: the experiment (``budget.continue_best``).
         race: the race's results (Ray Tune's ``ResultGrid``).
         params: :func:`train_trial`'s data, noise, threads and checkpoint cadence.
-        resources: a trial's resources.
+        resources: a race trial's resources: a late starter's second interval keeps them, judged
+            against the winner's race seconds; the winner is given every slot's (:func:`solo_resources`).
         run_dir: the run folder.
         left_s: wall seconds left of ``budget.time_budget_s``.
         resume: continue an interrupted continuation if there is one.
@@ -368,12 +369,13 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
     if seconds <= trained + b.grace_period:
         log.info("the race left %.0f s: too little for its winner, trial %s, to continue", left_s, key)
         return extra
+    solo = solo_resources(spec, largest_node_cpus())  # the race's slots are empty now
     log.info("the race is over: trial %s wins (val_psnr %.2f dB at %.0f training seconds); it continues "
-             "to %.0f training seconds in %s", key, metrics.get(METRIC, math.nan), trained, seconds,
-             join(run_dir, WINNER))
+             "to %.0f training seconds on %g CPU(s) in %s", key, metrics.get(METRIC, math.nan), trained, seconds,
+             solo["cpu"], join(run_dir, WINNER))
     return [*extra, *_train_on(spec, checkpoint, {**winner.config, "max_train_seconds": round(seconds, 1)},
-                               params, resources, run_dir, name=WINNER, key=key, left_s=left_s, resume=resume,
-                               verbose=verbose)]
+                               {**params, "threads": max(1, int(solo["cpu"]))}, solo, run_dir, name=WINNER,
+                               key=key, left_s=left_s, resume=resume, verbose=verbose)]
 
 
 def _train_late_starter(spec: ExperimentSpec, result, late: str, histories: dict[str, list[tuple[float, float]]],
