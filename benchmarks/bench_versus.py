@@ -34,8 +34,8 @@ quickstart with a time budget, and five warm starts a user brings from a noteboo
 best: the digits from seed 001's recipe, colour photos with impulse noise from seed 000's, the
 digits at light, unclipped noise from seed 004's, the digits from seed 003's dense autoencoder, and
 the digits under impulse noise from seed 002's (trained on clean digits in its notebook); and
-``digits_defaults``, seed 001's task as a user who leaves ``resources`` at their defaults writes it
-(two 1-CPU trials at once).
+``digits_defaults`` and ``photos_defaults``, seed 001's and seed 000's tasks as a user who leaves
+``resources`` at their defaults writes them (two 1-CPU trials at once).
 ``--seeds`` replaces the spec's seed (searcher, trials, weights); the evaluation noise stays fixed.
 
 Each (task, seed, arm) is saved to ``benchmarks/out/versus/*.json`` as it finishes and skipped when
@@ -114,6 +114,8 @@ TASKS = {t.name: t for t in [
          "5,000 MNIST digits (mnist5k), impulse noise on 20% of the pixels, from seed 002's notebook recipe (a warm start not tuned for it)"),
     Task("digits_defaults", HERE / "versus" / "digits_defaults.yaml", 600,
          "5,000 MNIST digits (mnist5k), Gaussian 0.5, from seed 001's notebook recipe, resources left at their defaults (two 1-CPU trials at once)"),
+    Task("photos_defaults", HERE / "versus" / "photos_defaults.yaml", 600,
+         "CBSD432 -> CBSD68, impulse noise on 10% of the pixels, colour, from seed 000's notebook recipe, resources left at their defaults (two 1-CPU trials at once)"),
 ]}
 
 # The tuner arm's process spends time outside Ray Tune's time_budget_s: Python and torch imports and
