@@ -257,7 +257,10 @@ class Deadline:
     def stop(self, trainer, val_s: float) -> bool:
         """Make a running ``fit`` end its training by :meth:`training_ends`.
 
-        ``fit`` has no wall-clock stop. When the trial's own budget would carry it past the deadline,
+        ``fit``'s wall-clock stop (``end_by``) re-plans the trial's schedule to end there, what tuner's
+        winner does; an arm's trial is cut instead, as Ray Tune's ``time_budget_s`` cuts a race's
+        trial, and the alone arm keeps the plan it had (its records compare with runs before
+        ``end_by`` existed). When the trial's own budget would carry it past the deadline,
         the trainer's ``max_train_seconds`` is lowered to what the time left allows, at every yield
         (so the end follows the pace measured so far): its batch loop stops there and validates, as
         Ray Tune's ``time_budget_s`` stops a trial. The next stretch of training cannot be foreseen
@@ -265,7 +268,7 @@ class Deadline:
         (when a validation costs under ``tuner.train.VALIDATION_SHARE`` of the training since the
         last), so waiting until the next stretch might cross the deadline let one Optuna trial run
         40 s past W (``cbsd68_s50``, seed 1, 2026-12-06). The learning-rate schedule keeps the
-        trial's own budget (the trainer's scheduler holds the config it was built with): the run is
+        trial's own budget (the trainer's schedule spans its ``horizon``, set when it was built): the run is
         cut, not shortened. This replaces ``Trainer.config``, which ``fit`` does not document as
         settable: the one place this script leans on tuner's internals (``tests/test_bench_versus.py``
         fails if it stops working).

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -127,6 +128,28 @@ def test_resume_matches_an_uninterrupted_run(digits_256, eval_noise, tiny_config
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), (key, a["epoch"])
+
+
+def test_end_by_moves_the_schedule_s_end_to_where_training_is_at_the_deadline(digits_256, eval_noise, tiny_config):
+    """The search's winner (tuner.search) trains until a wall-clock time, ``end_by``: its
+    ``max_train_seconds`` is a first guess, too short or too long, that the trainer re-plans from the
+    pace it measures at every validation. It ends by itself, validated, its cosine ended where its
+    training did (each epoch reports the schedule's end as ``max_train_seconds``)."""
+    for guess in (0.3, 100.0):
+        config = tiny_config(max_epochs=100_000, max_train_seconds=guess, lr_schedule="cosine")
+        end_by = time.time() + 3.0
+        rows = run(config, digits_256, eval_noise, end_by=end_by)
+        assert time.time() < end_by + 1.0  # an epoch of 256 digits and its validation: a few hundredths of a second
+        assert rows[0]["max_train_seconds"] == guess  # no pace to go by before a second validation
+        assert rows[-1]["train_seconds"] > 3 * 0.3  # past the short guess; the long one cut to the time there was
+        assert rows[-1]["max_train_seconds"] == pytest.approx(rows[-1]["train_seconds"], rel=0.05)
+        assert rows[-1]["lr"] < 0.05 * config.lr
+    # Without end_by, max_train_seconds is the budget, whatever the time.
+    rows = run(tiny_config(max_epochs=100_000, max_train_seconds=0.3, lr_schedule="cosine"), digits_256, eval_noise)
+    assert rows[-1]["train_seconds"] == pytest.approx(0.3, abs=0.1)
+    assert {r["max_train_seconds"] for r in rows} == {0.3}
+    with pytest.raises(ValueError, match="end_by needs a budget in training seconds"):
+        Trainer(tiny_config(), digits_256, eval_noise, end_by=time.time() + 1)
 
 
 def test_checkpoint_is_a_snapshot(digits_256, eval_noise, tiny_config):

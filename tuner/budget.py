@@ -35,6 +35,9 @@ TRIAL_SETUP_S = 3.0
 # The winner's continuation, a new Tune experiment in the same Ray: its trial function started 4 s after
 # the race ended, then loaded the checkpoint and validated once before training (impulse_bsd68: ~8 s).
 CONTINUE_START_S = 8.0
+# ...and it ends by itself this long before Ray Tune's time_budget_s would stop it: its last checkpoint
+# written and reported, the trial closed (tuner.train: end_by).
+CONTINUE_END_S = 4.0
 RACE_OVERRUN = 1.5  # the race may run over its plan by half (promotions vary) before Tune stops it
 NO_EPOCH_CAP = 100_000  # max_epochs' largest value: with the budget in seconds, epochs do not end a trial
 

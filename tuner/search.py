@@ -31,7 +31,7 @@ from tuner.metrics import METRIC, MODE
 from tuner.noise import Noise
 from tuner.race import (TIE_DB, continuation_seconds, is_warm_start, late_start_bar, late_starter, race_lead,
                         race_winner, training_share)
-from tuner.budget import CONTINUE_START_S
+from tuner.budget import CONTINUE_END_S, CONTINUE_START_S
 from tuner.config import TrialConfig
 from tuner.spec import ExperimentSpec
 from tuner.storage import CONFIG_FILE, METRICS_FILE, SPEC_FILE, STATE_FILE, absolute, exists, join, write
@@ -49,7 +49,7 @@ class SearchError(Exception):
 
 def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any], threads: int,
                 checkpoint_every_s: float = 0.0, rungs: tuple[float, ...] = (), stop_at: Optional[float] = None,
-                start=None, continued_from: Optional[str] = None) -> None:
+                start=None, continued_from: Optional[str] = None, end_by: Optional[float] = None) -> None:
     """Ray Tune function trainable: one trial of the search.
 
     Args:
@@ -65,6 +65,8 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
             checkpointed, its schedules spanning ``max_train_seconds`` (``fit(stop_at=)``).
         start: the winner's continuation: the race's checkpoint (a ``tune.Checkpoint``) to continue from.
         continued_from: the continued race trial's id, reported with every epoch.
+        end_by: the winner's continuation: the wall-clock time (``time.time()``) by which it ends by
+            itself, validated (``fit(end_by=)``), before Ray Tune's ``time_budget_s`` would stop it.
     """
     from ray import tune
 
@@ -83,7 +85,7 @@ def train_trial(config: dict[str, Any], data: Splits, eval_noise: dict[str, Any]
     device = pick_device().type  # what fit() trains on
     cadence = CheckpointCadence(checkpoint_every_s)
     for epoch in fit(trial, data, noise, eval_seed=seed, checkpoint=state, threads=threads, milestones=rungs,
-                     stop_at=stop_at):
+                     stop_at=stop_at, end_by=end_by):
         metrics = {**epoch.metrics, "node_id": node, "device": device, "threads": torch.get_num_threads()}
         if continued_from:
             metrics["continued_from"] = continued_from
@@ -316,7 +318,9 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
                     left_s: float, resume: bool = False, verbose: int = 1, identity: Optional[float] = None) -> list:
     """The winner continues: the race's best trial (:func:`tuner.race.race_winner`) resumes from its latest
     checkpoint as one more Ray Tune experiment, ``<run>/winner/``, and trains for the time the race
-    left, its schedules stretched to span it (``max_train_seconds`` set to where it will end).
+    left, its schedules stretched to span it: ``max_train_seconds`` set to where it should end
+    (:func:`tuner.race.continuation_seconds`), then moved by the trainer as it measures its pace, so
+    that it ends, validated, just before the budget does (``fit(end_by=)``).
 
     Before it, a late starter (:func:`tuner.race.late_starter`) that lost the race trains on from its
     checkpoint for one more race interval, to twice ``race_seconds`` (``<run>/late/``), when that takes
@@ -371,11 +375,11 @@ def continue_winner(spec: ExperimentSpec, race, params: dict[str, Any], resource
         return extra
     solo = solo_resources(spec, largest_node_cpus())  # the race's slots are empty now
     log.info("the race is over: trial %s wins (val_psnr %.2f dB at %.0f training seconds); it continues "
-             "to %.0f training seconds on %g CPU(s) in %s", key, metrics.get(METRIC, math.nan), trained, seconds,
-             solo["cpu"], join(run_dir, WINNER))
+             "to about %.0f training seconds (to the end of the budget, at the pace it measures) on %g CPU(s) in %s",
+             key, metrics.get(METRIC, math.nan), trained, seconds, solo["cpu"], join(run_dir, WINNER))
     return [*extra, *_train_on(spec, checkpoint, {**winner.config, "max_train_seconds": round(seconds, 1)},
                                {**params, "threads": max(1, int(solo["cpu"]))}, solo, run_dir, name=WINNER,
-                               key=key, left_s=left_s, resume=resume, verbose=verbose)]
+                               key=key, left_s=left_s, to_the_end=True, resume=resume, verbose=verbose)]
 
 
 def _train_late_starter(spec: ExperimentSpec, result, late: str, histories: dict[str, list[tuple[float, float]]],
@@ -438,15 +442,20 @@ def _where_it_stopped(result) -> tuple[Any, dict[str, Any], list[tuple[float, fl
 
 def _train_on(spec: ExperimentSpec, checkpoint, config: dict[str, Any], params: dict[str, Any],
               resources: dict[str, float], run_dir: str, *, name: str, key: str, left_s: float,
-              stop_at: Optional[float] = None, resume: bool = False, verbose: int = 1) -> list:
+              stop_at: Optional[float] = None, to_the_end: bool = False, resume: bool = False,
+              verbose: int = 1) -> list:
     """A race trial trains on from ``checkpoint`` with ``config`` as one Ray Tune experiment of one
     trial, ``<run>/<name>/<name>_<key>``, within ``left_s`` wall seconds, to ``stop_at`` training
-    seconds or its ``max_train_seconds``; an interrupted one resumes (``resume``). Its results."""
+    seconds or its ``max_train_seconds``; or, ``to_the_end`` (the winner), until :data:`CONTINUE_END_S`
+    before those ``left_s`` end, its ``max_train_seconds`` then a first guess that it re-plans from its
+    own pace (``fit(end_by=)``). An interrupted one resumes (``resume``). Its results."""
     from ray import tune
 
     b = spec.budget
+    # A wall-clock time, read on the driver and compared on the trial's node (clocks kept in step by NTP)
+    end_by = time.time() + left_s - CONTINUE_END_S if to_the_end else None
     trainable = tune.with_resources(tune.with_parameters(train_trial, **params, start=checkpoint, continued_from=key,
-                                                         stop_at=stop_at), resources)
+                                                         stop_at=stop_at, end_by=end_by), resources)
     folder = join(run_dir, name)
     if resume and exists(join(folder, "tuner.pkl")):
         tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)

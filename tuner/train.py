@@ -14,7 +14,10 @@ DataLoader. For photos an epoch is ``patches_per_epoch`` crops.
 
 Budgets: a trial trains ``max_epochs`` epochs, or (``max_train_seconds``) until it has trained
 that many seconds, so trials of very different cost can be compared at equal compute; the
-learning-rate schedule spans whichever budget the trial has.
+learning-rate schedule spans whichever budget the trial has. With ``end_by`` (a wall-clock time:
+the search's winner, which has the rest of the search's time) the budget in seconds is a first
+guess: the trainer measures the share of its wall time it spends training and moves the
+schedule's end to where its training will be at ``end_by``, then ends by itself, validated.
 """
 from __future__ import annotations
 
@@ -78,14 +81,25 @@ class Trainer:
             passes ASHA's rungs, so every trial is judged as soon as it reaches one).
         stop_at: training seconds at which to stop for now (the search's race), the schedules
             still spanning ``config.max_train_seconds``; None: stop at ``max_train_seconds``.
+        end_by: a wall-clock time (``time.time()``) by which to have trained, validated and
+            stopped: the schedules then span :attr:`horizon`, ``config.max_train_seconds`` at first,
+            re-planned at every validation (:meth:`_replan`). Needs ``max_train_seconds``.
     """
 
     def __init__(self, config: TrialConfig, data: Splits, eval_noise: Noise, eval_seed: int = 1234,
                  device: Optional[str | torch.device] = None, threads: Optional[int] = None,
-                 milestones: Sequence[float] = (), stop_at: Optional[float] = None):
+                 milestones: Sequence[float] = (), stop_at: Optional[float] = None,
+                 end_by: Optional[float] = None):
+        if end_by is not None and config.max_train_seconds is None:
+            raise ValueError("end_by needs a budget in training seconds (max_train_seconds)")
         self._clock = time.perf_counter()  # wall_seconds counts from here
         self.milestones = sorted(milestones)
         self.stop_at = stop_at
+        self.end_by = end_by
+        # Where the schedules end, in training seconds: max_train_seconds, or under end_by where this
+        # process's pace says its training will be then (_replan).
+        self.horizon: Optional[float] = config.max_train_seconds
+        self._pace: Optional[tuple[float, float]] = None  # (train_seconds, wall_seconds) at its first validation here
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.config = config
@@ -116,7 +130,7 @@ class Trainer:
         self.wall_seconds = 0.0  # wall time of the whole trial so far: start-up, training, validation, checkpoints
         self.samples_seen = 0
         steps = math.ceil(self.epoch_samples / config.batch_size) * config.max_epochs
-        by_time = (lambda: self.train_seconds / config.max_train_seconds) if config.max_train_seconds else None
+        by_time = (lambda: self.train_seconds / self.horizon) if config.max_train_seconds else None
         self.scheduler, self.per_batch = make_scheduler(config, self.optimizer, steps, by_time)
         self.val = EvalSet.make(data.val, eval_noise, eval_seed, self.device)
         self.val_seconds = 0.0  # the last validation's cost (reported)
@@ -133,12 +147,32 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        """Whether the trial has trained its ``max_train_seconds``, or the ``stop_at`` seconds it
-        was told to stop at for now (never, for epoch budgets)."""
-        limit = self.config.max_train_seconds
+        """Whether the trial has trained its ``max_train_seconds`` (its :attr:`horizon`), or the
+        ``stop_at`` seconds it was told to stop at for now, or is one validation away from ``end_by``
+        (never, for epoch budgets)."""
+        limit = self.horizon if self.end_by is not None else self.config.max_train_seconds
         if limit is not None and self.stop_at is not None:
             limit = min(limit, self.stop_at)
-        return limit is not None and self.train_seconds >= limit
+        if limit is not None and self.train_seconds >= limit:
+            return True
+        return self.end_by is not None and time.time() >= self.end_by - (self.val_cost or 0.0)
+
+    def _replan(self) -> None:
+        """Under ``end_by``, after a validation: move :attr:`horizon` to where training will be at
+        ``end_by`` less one validation, at the share of wall time this process has spent training since
+        its first validation here (its start-up and that cold validation not counted; validations,
+        checkpoints and reports in it). Before a second validation there is no pace to go by: the
+        horizon stays ``max_train_seconds`` (the caller's plan), and :attr:`budget_spent` still ends the
+        trial in time."""
+        if self._pace is None:
+            self._pace = (self.train_seconds, self.wall_seconds)
+            return
+        t0, w0 = self._pace
+        if self.wall_seconds <= w0:
+            return
+        share = min(1.0, (self.train_seconds - t0) / (self.wall_seconds - w0))
+        left = self.end_by - time.time() - (self.val_cost or 0.0)
+        self.horizon = self.train_seconds + share * max(0.0, left)
 
     @property
     def finished(self) -> bool:
@@ -185,7 +219,8 @@ class Trainer:
             ``epoch_seconds``, ``train_seconds`` (training time so far, ASHA's ``time_attr`` for
             budgets in seconds: the loop's wall time, the device synced), ``val_seconds``,
             ``wall_seconds`` (the trial's wall time so far) and ``train_share`` (the share of it in
-            training), ``samples_seen``, ``images_per_second`` (crops for photos) and ``diverged``
+            training), ``max_train_seconds`` (under a budget in seconds: where the schedules end,
+            :attr:`horizon`), ``samples_seen``, ``images_per_second`` (crops for photos) and ``diverged``
             (1 when the loss or the outputs went non-finite; ``val_psnr`` is then
             :data:`DIVERGED_PSNR`).
         """
@@ -247,6 +282,8 @@ class Trainer:
         self.validated = True
         self.wall_seconds += now - self._clock
         self._clock = now
+        if self.end_by is not None and not metrics["diverged"]:
+            self._replan()
         metrics.update(
             lr=self.optimizer.param_groups[0]["lr"],
             epoch_seconds=now - start,
@@ -254,6 +291,7 @@ class Trainer:
             val_seconds=self.val_seconds,
             wall_seconds=self.wall_seconds,
             train_share=self.train_seconds / max(self.wall_seconds, 1e-9),
+            **({"max_train_seconds": self.horizon} if self.horizon is not None else {}),
             samples_seen=self.samples_seen,
             images_per_second=seen / loop_seconds,
         )
@@ -353,11 +391,12 @@ class CheckpointCadence:
 def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int = 1234,
         checkpoint: Optional[dict[str, Any]] = None, device: Optional[str | torch.device] = None,
         threads: Optional[int] = None, milestones: Sequence[float] = (),
-        stop_at: Optional[float] = None) -> Iterator[Epoch]:
+        stop_at: Optional[float] = None, end_by: Optional[float] = None) -> Iterator[Epoch]:
     """Train one configuration noisy -> clean, yielding after every epoch.
 
     Stops after ``config.max_epochs`` epochs, when ``config.max_train_seconds`` of training are
-    spent (or ``stop_at``), or right after an epoch that diverged.
+    spent (or ``stop_at``; or, with ``end_by``, one validation before it), or right after an epoch
+    that diverged.
 
     Args:
         config: the trial's hyperparameters.
@@ -371,11 +410,13 @@ def fit(config: TrialConfig, data: Splits, eval_noise: Noise, *, eval_seed: int 
         stop_at: training seconds at which to stop for now, the learning-rate schedule still spanning
             ``config.max_train_seconds``: a search's race ends there, and its winner continues later
             from the final epoch's checkpoint with ``checkpoint=`` (``tuner.search``).
+        end_by: a wall-clock time (``time.time()``) by which to end, validated: ``max_train_seconds``
+            is then a first guess that the trainer re-plans from its own pace (:class:`Trainer`).
 
     Yields:
         :class:`Epoch` with the epoch's metrics (see :meth:`Trainer.train_epoch`).
     """
-    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads, milestones, stop_at)
+    trainer = Trainer(config, data, eval_noise, eval_seed, device, threads, milestones, stop_at, end_by)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
     while not trainer.finished:
