@@ -201,18 +201,20 @@ def _stale(run: Path, before_epoch: int, newest_below: Optional[int] = None) -> 
     """A running trial, at an epoch before ``before_epoch``, whose checkpoint in Ray's snapshot is
     gone from disk (so a newer one is there: Ray keeps the latest). Quick, to kill while it holds:
     it lasts until Ray's next snapshot, a few epochs. With ``newest_below``, also the newest
-    checkpoint that reads back whole, which must be of an epoch below it (slower: after the kill)."""
+    checkpoint that reads back whole, which must be of an epoch below it (slower: after the kill).
+    ``started``: the trials Ray has started so far."""
     state = _experiment_state(run)
     for trial_id, s in (state or {}).items():
         named = s["last_result"].get("checkpoint_dir_name")
         folder = run / f"trial_{trial_id}"
         if (s["status"] == "RUNNING" and named and s["last_result"].get("epoch", 0) < before_epoch - 1
                 and not (folder / named).exists()):
+            found = {"trial": trial_id, "named": named, "started": len(state), "newest": None}
             if newest_below is None:
-                return {"trial": trial_id, "named": named, "newest": None}
+                return found
             newest = _newest_complete(folder)
             if newest and newest[1] < newest_below:
-                return {"trial": trial_id, "named": named, "newest": newest}
+                return {**found, "newest": newest}
     return None
 
 
@@ -313,10 +315,18 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     # (one trained on below, one half-written), and step 3 one more after that.
     # A search can also run to its end without Ray ever naming a deleted checkpoint in time (seen
     # once in CI, 2026-12-06: 5 trials in 22 s): then it starts over, a fresh run.
+    # Step 3 needs a trial still to start after the stale one (one trial at a time: the study holds the
+    # trials started so far), so a stale trial that is the search's last does not count (CI, 2026-12-07:
+    # step 3's resume ran to the end without a new trial). Counted in Ray's snapshot: the test opens no
+    # connection to the study before copying it (closing the last one folds the study's -wal file in).
     started = False
+
+    def stale_with_a_trial_to_come() -> Optional[dict]:
+        return (stale := _stale(run, max_epochs - 2)) and stale["started"] < n and stale
+
     for attempt in range(4):
         proc, log = search.start(storage, resume=started)
-        if search.kill_when(proc, log, lambda: _stale(run, max_epochs - 2), "a snapshot naming a deleted checkpoint",
+        if search.kill_when(proc, log, stale_with_a_trial_to_come, "a snapshot naming a deleted checkpoint",
                             timeout=420, may_finish=True) is None:
             shutil.rmtree(run)
             started = False
@@ -361,6 +371,8 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
 
     # 3. Between two trials: one more has ended, and the study's next trial has no epoch yet.
     proc, log = search.start(elsewhere, resume=True)
+
+    assert len(_study_trials(run)) < n, "no trial left to start for step 3"
 
     def between() -> bool:
         trials = _study_trials(run)
