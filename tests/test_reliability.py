@@ -370,9 +370,8 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     finished = sum(t.state in ended for t in _study_trials(run))
 
     # 3. Between two trials: one more has ended, and the study's next trial has no epoch yet.
-    proc, log = search.start(elsewhere, resume=True)
-
     assert len(_study_trials(run)) < n, "no trial left to start for step 3"
+    proc, log = search.start(elsewhere, resume=True)
 
     def between() -> bool:
         trials = _study_trials(run)
