@@ -322,7 +322,8 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
     started = False
 
     def stale_with_a_trial_to_come() -> Optional[dict]:
-        return (stale := _stale(run, max_epochs - 2)) and stale["started"] < n and stale
+        stale = _stale(run, max_epochs - 2)
+        return stale if stale and stale["started"] < n else None
 
     for attempt in range(4):
         proc, log = search.start(storage, resume=started)
