@@ -37,6 +37,9 @@ the digits under impulse noise from seed 002's (trained on clean digits in its n
 ``digits_defaults`` and ``photos_defaults``, seed 001's and seed 000's tasks as a user who leaves
 ``resources`` at their defaults writes them (two 1-CPU trials at once).
 ``--seeds`` replaces the spec's seed (searcher, trials, weights); the evaluation noise stays fixed.
+A task of your own is a spec file in ``--tasks`` (named by its file name, W from ``--wall-s``,
+600 s by default): the same three arms on your data, space and warm start (without ``start_from``,
+``alone`` trains the spec's ``fixed`` values on tuner's defaults).
 
 Each (task, seed, arm) is saved to ``benchmarks/out/versus/*.json`` as it finishes and skipped when
 run again (``--force`` reruns it); ``--write`` renders the markdown section from everything saved
@@ -47,6 +50,7 @@ run again (``--force`` reruns it); ``--write`` renders the markdown section from
     python benchmarks/bench_versus.py --tasks bsd68_s25 --seeds 0 1      # the headline, ~3 h
     python benchmarks/bench_versus.py --write                            # the section
     python benchmarks/bench_versus.py --tasks quickstart --budget-scale 0.1 --write   # smoke, ~3.5 min
+    python benchmarks/bench_versus.py --tasks my_spec.yaml --seeds 0 1 --write        # yours, 2 x 3 x 10 min
 """
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ from tuner.metrics import METRIC, TEST_SEED_OFFSET, EvalSet, evaluate, psnr_per_
 from tuner.model import build_model  # noqa: E402
 from tuner.config import TrialConfig  # noqa: E402
 from tuner.search import startup_trials  # noqa: E402
-from tuner.spec import Distribution, ExperimentSpec, load_spec  # noqa: E402
+from tuner.spec import Distribution, ExperimentSpec, SpecError, load_spec  # noqa: E402
 from tuner.train import fit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -118,6 +122,45 @@ TASKS = {t.name: t for t in [
          "CBSD432 -> CBSD68, impulse noise on 10% of the pixels, colour, from seed 000's notebook recipe, resources left at their defaults (two 1-CPU trials at once)"),
 ]}
 
+DATA_PATHS = ("path", "train_path", "val_path", "test_path")  # dataset folders a spec may name
+
+
+def task_of(arg: str, wall_s: float = 600.0) -> Task:
+    """A task by name (``TASKS``), or a task of your own: a spec file (``.yaml`` / ``.yml``), named
+    by its file name, with ``wall_s`` for W.
+
+    Raises:
+        ValueError: one line: neither a task nor a spec file, a spec that does not load, a file name
+            that is a built-in task's with another spec.
+    """
+    if arg in TASKS:
+        return TASKS[arg]
+    path = Path(arg)
+    if path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"{arg}: not a task ({', '.join(TASKS)}) nor a spec file (.yaml)")
+    try:
+        load_spec(path)
+    except SpecError as e:
+        raise ValueError(str(e)) from None
+    name = re.sub(r"[^\w-]", "_", path.stem)
+    if name in TASKS:
+        if TASKS[name].spec == path.resolve() and TASKS[name].wall_s == wall_s:
+            return TASKS[name]
+        raise ValueError(f"{arg}: its name is the built-in task {name}'s; rename the file")
+    if not wall_s > 0:
+        raise ValueError(f"--wall-s must be more than 0 seconds (got {wall_s:g})")
+    return Task(name, path.resolve(), float(wall_s), f"`{arg}` (a spec of your own)")
+
+
+def _task(name: str, records: list[dict]) -> Task:
+    """The task of saved records: a built-in one, or one of your own as its records describe it."""
+    if name in TASKS:
+        return TASKS[name]
+    r = records[0]
+    return Task(name, Path(r.get("task_spec", "")), r["wall_budget_s"] / r.get("budget_scale", 1),
+                r.get("task_what", name))
+
+
 # The tuner arm's process spends time outside Ray Tune's time_budget_s: Python and torch imports and
 # Ray's start-up before it, stopping the trials and Ray Tune's bookkeeping after it, then the export
 # (calibrated per task, as is data loading). Measured on the 2-core CPU: 7 s + 1 s idle, 13 s + 7 s
@@ -149,6 +192,10 @@ def resolve_spec(task: Task, seed: int, scale: float, tune_budget_s: float) -> E
     """
     shipped = load_spec(task.spec)
     spec = shipped.with_overrides(seed=seed, name=f"versus-{task.name}-s{seed}", time_budget_s=tune_budget_s)
+    if task.name not in TASKS:  # yours: its folders as named from where you ran this (the arms run in REPO)
+        folders = {k: str(Path(v).resolve()) for k in DATA_PATHS
+                   if isinstance(v := getattr(spec.dataset, k, None), str) and not Path(v).is_absolute()}
+        spec = spec.with_overrides(**folders)
     b = spec.budget
     explicit = "max_train_seconds" in b.model_fields_set  # set by the spec, not derived from time_budget_s
     if scale != 1 and b.time_attr == "train_seconds" and explicit:
@@ -525,13 +572,12 @@ def run_arm(arm: str, task: Task, seed: int, spec_path: Path, wall_s: float, res
     return record
 
 
-def run(tasks: list[str], arms: list[str], seeds: list[int], scale: float, force: bool,
+def run(tasks: list[Task], arms: list[str], seeds: list[int], scale: float, force: bool,
         tuner_overhead_s: float = TUNER_FIXED_S) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    for name in tasks:
-        task = TASKS[name]
-        wall = task.wall_s * scale
-        cal = calibrate(load_spec(task.spec))
+    for task in tasks:
+        name, wall = task.name, task.wall_s * scale
+        cal = calibrate(resolve_spec(task, 0, scale, task.wall_s * scale))
         reserve = cal["export_s"] + RESERVE_PAD_S
         tune_budget = wall - tuner_overhead_s - cal["load_s"] - reserve
         print(f"{name}: W {wall:.0f} s; data {cal['load_s']:.1f} s, scoring {cal['export_s']:.1f} s "
@@ -558,7 +604,8 @@ def run(tasks: list[str], arms: list[str], seeds: list[int], scale: float, force
                               "best_config": {}}
                 if arm == "tuner" and record.get("wall_s") is not None:  # its time outside Ray Tune's budget
                     record["overhead_s"] = record["wall_s"] - spec.budget.time_budget_s
-                record.update(task=name, seed=seed, arm=arm, wall_budget_s=wall, budget_scale=scale,
+                record.update(task=name, task_spec=str(task.spec), task_what=task.what, seed=seed, arm=arm,
+                              wall_budget_s=wall, budget_scale=scale,
                               reserve_s=reserve, tune_budget_s=spec.budget.time_budget_s,
                               max_train_seconds=spec.budget.max_train_seconds, grace_period=spec.budget.grace_period,
                               spec=os.path.relpath(spec_path, REPO), date=time.strftime("%Y-%m-%d"),
@@ -626,8 +673,10 @@ def render(scale: float = 1.0) -> str:
               f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu']}; torch {m['torch']}, Python {m['python']}; "
               f"run {', '.join(dates)}, one arm at a time with no other job on the machine; each task's commands "
               "and dates are under its heading.", ""]
-    for name in [t for t in TASKS if any(r["task"] == t for r in records)]:
-        task, rs = TASKS[name], [r for r in records if r["task"] == name]
+    names = {r["task"]: None for r in records}
+    for name in [t for t in TASKS if t in names] + sorted(t for t in names if t not in TASKS):
+        rs = [r for r in records if r["task"] == name]
+        task = _task(name, rs)
         by = {(r["seed"], r["arm"]): r for r in rs}
         ok = {k: r for k, r in by.items() if not r.get("failed")}
         seeds = sorted({r["seed"] for r in rs})
@@ -659,7 +708,7 @@ def render(scale: float = 1.0) -> str:
                   + "; ".join(f"`{c}`" for c in commands) + ".", "",
                   "Test PSNR (dB" + (f"; the noisy input scores {noisy:.2f}" if noisy is not None else "") + "):", "",
                   table(["seed"] + arms + [f"tuner - {a}" for a in others], rows), ""]
-        detail, searched = [], tuple(load_spec(task.spec).search)
+        detail, searched = [], tuple(load_spec(task.spec).search) if task.spec.is_file() else ()
         for r in sorted(rs, key=lambda r: (r["seed"], ARMS.index(r["arm"]))):
             if r.get("failed"):
                 detail.append([r["seed"], r["arm"], "-", "-", "-", f"failed: {r['failed']}"])
@@ -723,7 +772,10 @@ def headline(scale: float = 1.0) -> Optional[dict[str, Any]]:
 def main() -> None:
     global OUT
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS), help="tasks to run (default all)")
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), metavar="TASK",
+                   help=f"tasks to run: {', '.join(TASKS)} (default all), or spec files of your own (.yaml)")
+    p.add_argument("--wall-s", type=float, default=600.0, metavar="SECONDS",
+                   help="W, each arm's wall time, for a spec file of your own (default 600)")
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS, help="arms to run (default all)")
     p.add_argument("--seeds", nargs="*", type=int, default=[0], help="seeds (each replaces the spec's seed)")
     p.add_argument("--budget-scale", type=float, default=1.0,
@@ -747,8 +799,12 @@ def main() -> None:
     if not 0 < a.budget_scale <= 1:
         p.error("--budget-scale must be in (0, 1]")
     ran = "--tasks" in sys.argv or "--seeds" in sys.argv or "--arms" in sys.argv or not a.write
+    try:
+        tasks = [task_of(t, a.wall_s) for t in a.tasks]
+    except ValueError as e:
+        p.error(str(e))
     if ran:
-        run(a.tasks, a.arms, a.seeds, a.budget_scale, a.force, a.tuner_overhead_s)
+        run(tasks, a.arms, a.seeds, a.budget_scale, a.force, a.tuner_overhead_s)
     body = render(a.budget_scale)
     print(body)
     if a.write:

@@ -113,3 +113,48 @@ def test_a_trial_that_would_run_past_the_deadline_is_cut_at_its_first_yield(task
     epoch = next(fit(config, data, spec.eval_noise.noise(), threads=1))
     assert not bench_versus.Deadline(time.time() + 600, 1.0, data).stop(epoch.trainer, epoch.metrics["val_seconds"])
     assert epoch.trainer.config.max_train_seconds == 60.0
+
+
+def test_a_task_of_your_own_is_a_spec_file(tmp_path):
+    """``--tasks my.yaml``: the comparison on a spec of your own, named by its file, W from ``--wall-s``;
+    its dataset folder named relative to where you ran it. The alone arm for real on a folder of
+    PNG digits (a tiny W), rendered beside the built-in tasks' sections; a name that is neither a task
+    nor a spec file is one line and exit 2."""
+    import json
+    import subprocess
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    script = Path(bench_versus.__file__)
+    (tmp_path / "imgs").mkdir()
+    for i, d in enumerate(load_digits().images[:240]):
+        Image.fromarray((d * 15.9).astype("uint8"), "L").save(tmp_path / "imgs" / f"{i:03d}.png")
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(SPEC.replace("dataset: {name: digits}", "dataset: {name: folder, path: imgs, patch_size: 8}"))
+    task = bench_versus.task_of(str(mine), 20)
+    assert (task.name, task.spec, task.wall_s) == ("mine", mine.resolve(), 20.0)
+    with pytest.raises(ValueError, match="not a task .*quickstart.* nor a spec file"):
+        bench_versus.task_of("nosuch")
+    clash = tmp_path / "quickstart.yaml"
+    clash.write_text(mine.read_text())
+    with pytest.raises(ValueError, match="the built-in task quickstart's; rename the file"):
+        bench_versus.task_of(str(clash))
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(script), "--tasks", "mine.yaml", "--arms", "alone", "--wall-s", "20",
+                          "--out", str(out), "--write"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    record = json.loads((out / "mine_s0_alone.json").read_text())
+    assert record["task"] == "mine" and record["task_spec"] == str(mine.resolve())
+    assert record["test_psnr"] > record["noisy_test_psnr"] + 1 and record["wall_s"] <= 20 + 2
+    ran = load_spec(out / "specs" / "mine_s0.yaml")
+    assert ran.dataset.path == str(tmp_path / "imgs")  # absolute: the arms run in the repository
+    section = (out / "section.md").read_text()
+    assert "### mine: `mine.yaml` (a spec of your own), W = " in section and "| 0 | alone |" in section
+
+    bad = subprocess.run([sys.executable, str(script), "--tasks", "nosuch", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].endswith("nosuch: not a task (" + ", ".join(bench_versus.TASKS)
+                                                        + ") nor a spec file (.yaml)")

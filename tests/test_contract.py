@@ -234,7 +234,10 @@ def test_a_cut_state_file_with_nothing_to_put_back_is_said(run):
             "Ray may start the search over") in lines, lines
 
 
-@pytest.mark.parametrize("cut", [None, "searcher-state"], ids=["as recorded", "its only searcher state cut short"])
+# The repair of a cut state file is checked without a search above; resuming after one, end to end
+# (~40 s), is in the slow lane.
+@pytest.mark.parametrize("cut", [None, pytest.param("searcher-state", marks=pytest.mark.slow)],
+                         ids=["as recorded", "its only searcher state cut short"])
 def test_the_recorded_run_resumes_to_the_end(running, cut):
     """`tuner tune --resume` on the recorded folder (moved here from where it was recorded): the
     running trial continues from its newest checkpoint, both trials end, the best is exported. So

@@ -295,7 +295,8 @@ def test_benchmark_spec_takes_its_folders_from_the_command_line(photo_folders):
     assert moved.dataset.val_path is None and spec.budget.time_attr == "train_seconds"
 
 
-@pytest.mark.parametrize("name", ["bsd68_gpu", "cbsd68_gpu"])
+# The colour spec (~20 s) in the slow lane: the gray one covers the same code in the default lane.
+@pytest.mark.parametrize("name", ["bsd68_gpu", pytest.param("cbsd68_gpu", marks=pytest.mark.slow)])
 def test_the_gpu_specs_run_a_tiny_budget_on_the_cpu(tmp_path, name):
     """The GPU benchmark specs as shipped (their model family, batches, packing, time-derived
     budget) load, and run on a CPU when shrunk: 2 trials of a few training seconds on a few photos."""

@@ -300,6 +300,7 @@ def test_serve_haproxy_is_refused_on_a_cluster_before_ray_starts(models, capsys)
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in err and ray.is_initialized() == was_running
 
 
+@pytest.mark.slow  # a second Serve service with HAProxy (~45 s): the slow lane; plain `tuner serve` is in the default one
 def test_tuner_serve_haproxy_answers_refuses_and_stops(models, images):
     """``--haproxy`` (Ray Serve's high-throughput mode): HAProxy in front, requests straight to the
     replica. Same answers, same refusals, and Ctrl-C ends every process it started."""

@@ -311,6 +311,7 @@ def _killed_and_reaped(proc: subprocess.Popen) -> None:
         p.kill()
 
 
+@pytest.mark.slow  # two CLI searches, each with its own Ray (~50 s): the slow lane; SQLite's resume is in the default one
 def test_a_search_on_a_postgresql_server_resumes_reports_and_serves(postgres_url, tmp_path, request):
     """``--study-storage postgresql://...`` end to end on a real server: the CLI's search writes its
     study there, is killed mid-trial, resumes (the searcher reopens the server's study from its URL),
