@@ -325,14 +325,17 @@ def test_a_search_killed_anywhere_resumes_every_trial(tmp_path, ray_tmp):
         stale = _stale(run, max_epochs - 2)
         return stale if stale and stale["started"] < n else None
 
+    # A kill that misses starts over too, never a resume: what it left on disk can still read as stale
+    # to the poll (a snapshot naming a deleted checkpoint while the trial's newest is too far on), so a
+    # resume would be killed at once on it, before writing anything (CI, 2026-12-08: attempts 2-4 so).
     for attempt in range(4):
-        proc, log = search.start(storage, resume=started)
+        if started:
+            shutil.rmtree(run)
+        proc, log = search.start(storage, resume=False)
+        started = True
         if search.kill_when(proc, log, stale_with_a_trial_to_come, "a snapshot naming a deleted checkpoint",
                             timeout=420, may_finish=True) is None:
-            shutil.rmtree(run)
-            started = False
             continue
-        started = True
         stale = _stale(run, max_epochs, newest_below=max_epochs - 2)  # what Tuner.restore would read
         if stale:
             break
