@@ -1,6 +1,9 @@
 """Shared fixtures: the real ``digits`` dataset and tiny configurations that train in well under a second."""
 from __future__ import annotations
 
+import collections
+import re
+
 import pytest
 
 from tuner.data import Splits, load_dataset
@@ -76,3 +79,33 @@ def ray_tmp():
     path = Path(tempfile.mkdtemp(prefix="tr-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# A line Ray forwards from a worker to the driver's stderr (``log_to_driver``): "(train_trial pid=2172) ...",
+# coloured or not. The session's shared Ray keeps its workers after the test that started them, and one
+# that Ray stops later may print (a dying worker's "Exception ignored in ...", fresh-clone run of
+# 2026-12-08) while another test is capturing: those lines are not the command's under test.
+_RAY_FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\(([\w.:-]+ )?pid=\d+(, ip=[\d.]+)?\)")
+_Captured = collections.namedtuple("_Captured", "out err")
+
+
+class _WithoutRayWorkers:
+    """pytest's capsys whose ``readouterr()`` leaves out the lines Ray forwarded from its workers."""
+
+    def __init__(self, capsys):
+        self._capsys = capsys
+
+    def readouterr(self):
+        out, err = self._capsys.readouterr()
+        return _Captured(out, "".join(line for line in err.splitlines(keepends=True)
+                                      if not _RAY_FORWARDED.match(line)))
+
+    def __getattr__(self, name):
+        return getattr(self._capsys, name)
+
+
+@pytest.fixture
+def capsys(capsys):
+    """pytest's ``capsys``, its stderr without the lines the session's Ray forwards from workers of
+    earlier tests: a one-line error is asserted on the command's own output."""
+    return _WithoutRayWorkers(capsys)
